@@ -1,0 +1,151 @@
+package backends
+
+import (
+	"errors"
+	"net"
+	"net/http"
+	"sync/atomic"
+	"time"
+
+	"github.com/batonproxy/baton/proxy"
+)
+
+var _ proxy.Upstream = (*Backend)(nil)
+
+// Backend is one configured server: its shared state, its connection pools
+// and its passive failure count. It is safe for concurrent use.
+type Backend struct {
+	cfg   Config
+	facts ServerFacts
+	addr  string
+	slot  *stateSlot
+	set   *Set
+
+	pooled *http.Transport // keep-alive, for replayable requests
+	fresh  *http.Transport // one connection per request, for the rest
+
+	inflight  atomic.Int64 // this process's share of slot.inflight
+	fails     atomic.Int64 // consecutive failures, active or passive
+	seenEpoch atomic.Uint64
+	lastErr   atomic.Pointer[string] // last health or connection error, for status
+	kickC     chan struct{}          // asks the health loop for a check now
+}
+
+func newBackend(cfg Config, slot *stateSlot, set *Set) *Backend {
+	addr, _ := hostPort(cfg.URL) // validated
+	facts := servers[cfg.Kind]
+	dialer := &net.Dialer{Timeout: cfg.DialTimeout, KeepAlive: 30 * time.Second}
+	pooled := &http.Transport{
+		DialContext:           dialer.DialContext,
+		MaxIdleConns:          0, // no global cap; per host below
+		MaxIdleConnsPerHost:   cfg.MaxIdleConns,
+		IdleConnTimeout:       cfg.IdleConnTimeout,
+		ResponseHeaderTimeout: cfg.ResponseHeaderTimeout,
+		ExpectContinueTimeout: time.Second,
+		DisableCompression:    true, // pass Accept-Encoding through untouched
+		WriteBufferSize:       16 << 10,
+		ReadBufferSize:        16 << 10,
+	}
+	fresh := pooled.Clone()
+	fresh.DisableKeepAlives = true
+	b := &Backend{cfg: cfg, facts: facts, addr: addr, slot: slot, set: set, pooled: pooled, fresh: fresh, kickC: make(chan struct{}, 1)}
+	b.seenEpoch.Store(atomic.LoadUint64(&slot.epoch))
+	return b
+}
+
+// Name is the backend's configured name.
+func (b *Backend) Name() string { return b.cfg.Name }
+
+// Addr is the host:port requests go to.
+func (b *Backend) Addr() string { return b.addr }
+
+// Config is the backend's normalized configuration.
+func (b *Backend) Config() Config { return b.cfg }
+
+// Transport returns the pooled transport for replayable requests and a
+// fresh-connection one for the others.
+func (b *Backend) Transport(replayable bool) http.RoundTripper {
+	if replayable {
+		return b.pooled
+	}
+	return b.fresh
+}
+
+// Done releases the request's in-flight count and records a connection
+// failure or success for passive health.
+func (b *Backend) Done(err error) {
+	b.inflight.Add(-1)
+	atomic.AddInt64(&b.slot.inflight, -1)
+	if err == nil {
+		b.fails.Store(0)
+		return
+	}
+	if isDialError(err) {
+		b.noteFailure(err, "connection")
+	}
+}
+
+// acquire counts a request in flight and reports whether the backend is
+// still routable after counting it. Counting first and checking second is
+// what makes a drain safe: a drainer sets the phase and then waits for the
+// count to reach zero, so either the drainer sees this request or this
+// request sees the phase.
+func (b *Backend) acquire() bool {
+	b.inflight.Add(1)
+	atomic.AddInt64(&b.slot.inflight, 1)
+	if !b.slot.load().routable() {
+		b.inflight.Add(-1)
+		atomic.AddInt64(&b.slot.inflight, -1)
+		return false
+	}
+	if e := atomic.LoadUint64(&b.slot.epoch); e != b.seenEpoch.Load() {
+		// The server restarted since this process last used the pool: its
+		// idle connections are stale (Apache closes them at a graceful).
+		b.seenEpoch.Store(e)
+		b.pooled.CloseIdleConnections()
+	}
+	return true
+}
+
+// noteFailure counts a failure and marks the backend down once MaxFails
+// consecutive failures were seen.
+func (b *Backend) noteFailure(err error, what string) {
+	msg := what + ": " + err.Error()
+	b.lastErr.Store(&msg)
+	if b.fails.Add(1) < int64(b.cfg.MaxFails) {
+		return
+	}
+	if old, new := b.slot.update(func(w stateWord) stateWord { return w.with(bitDown, true) }); old != new {
+		b.set.logf("backend down", "backend", b.cfg.Name, "after", b.fails.Load(), "reason", msg)
+		b.set.kickHealth(b)
+	}
+}
+
+// noteHealthy records a passing health check and readmits a backend that
+// was down, unless a restart owns it.
+func (b *Backend) noteHealthy() {
+	b.fails.Store(0)
+	old, new := b.slot.update(func(w stateWord) stateWord {
+		if w.phase() != PhaseNone {
+			return w // the restart decides when it is back
+		}
+		return w.with(bitDown, false)
+	})
+	if old != new {
+		b.set.logf("backend up", "backend", b.cfg.Name)
+		b.set.broadcast()
+	}
+}
+
+// globalInflight is the number of requests in flight to the backend from
+// every live baton generation.
+func (b *Backend) globalInflight() int64 { return atomic.LoadInt64(&b.slot.inflight) }
+
+func (b *Backend) closeIdle() {
+	b.pooled.CloseIdleConnections()
+}
+
+func isDialError(err error) bool {
+	var op *net.OpError
+	return errors.As(err, &op) && op.Op == "dial"
+}

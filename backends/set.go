@@ -1,0 +1,329 @@
+package backends
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/batonproxy/baton/proxy"
+)
+
+var _ proxy.Pool = (*Set)(nil)
+
+// Options configure a Set. The zero value is usable.
+type Options struct {
+	// Logger receives state changes and restart steps; nil discards them.
+	Logger *slog.Logger
+	// RunDir holds the output of commands baton runs for backends
+	// (start-<name>.log); default os.TempDir().
+	RunDir string
+}
+
+// Set is the configured backends: it picks one per request (round-robin
+// over the routable ones), runs their health checks and restarts them. It
+// is safe for concurrent use.
+type Set struct {
+	backends []*Backend
+	byName   map[string]*Backend
+	table    *StateTable
+	log      *slog.Logger
+	runDir   string
+	pid      int
+
+	rr      atomic.Uint64
+	waiters atomic.Int64
+
+	mu       sync.Mutex
+	changedC chan struct{} // closed and replaced when a backend may have become routable
+
+	watchC chan struct{} // wakes the watcher when the first request is held
+
+	jobs      sync.WaitGroup // restarts owned by this process
+	jobCtx    context.Context
+	jobCancel context.CancelFunc
+}
+
+// New builds the Set for cfgs over table, which carries the state left by
+// the previous generation (if any). Configs must be normalized and valid.
+func New(cfgs []Config, table *StateTable, opts Options) (*Set, error) {
+	s := &Set{
+		byName:   map[string]*Backend{},
+		table:    table,
+		log:      opts.Logger,
+		runDir:   opts.RunDir,
+		pid:      os.Getpid(),
+		changedC: make(chan struct{}),
+		watchC:   make(chan struct{}, 1),
+	}
+	if s.runDir == "" {
+		s.runDir = os.TempDir()
+	}
+	s.jobCtx, s.jobCancel = context.WithCancel(context.Background())
+	for i, c := range cfgs {
+		if err := c.Validate(); err != nil {
+			return nil, fmt.Errorf("backends: backend[%d]: %w", i, err)
+		}
+		if _, dup := s.byName[c.Name]; dup {
+			return nil, fmt.Errorf("backends: duplicate backend name %q", c.Name)
+		}
+		slot, err := table.slot(c.Name)
+		if err != nil {
+			return nil, err
+		}
+		b := newBackend(c, slot, s)
+		s.backends = append(s.backends, b)
+		s.byName[c.Name] = b
+	}
+	return s, nil
+}
+
+// Backends lists the configured backends in config order.
+func (s *Set) Backends() []*Backend { return s.backends }
+
+// Lookup finds a backend by name.
+func (s *Set) Lookup(name string) (*Backend, error) {
+	if b, ok := s.byName[name]; ok {
+		return b, nil
+	}
+	names := make([]string, 0, len(s.backends))
+	for _, b := range s.backends {
+		names = append(names, b.cfg.Name)
+	}
+	return nil, fmt.Errorf("backends: unknown backend %q (configured: %s)", name, strings.Join(names, ", "))
+}
+
+// Pick returns the next routable backend in round-robin order, preferring
+// one other than avoid, counted in flight until its Done.
+func (s *Set) Pick(avoid proxy.Upstream) (proxy.Upstream, error) {
+	n := len(s.backends)
+	if n == 0 {
+		return nil, proxy.ErrNoUpstream
+	}
+	start := int(s.rr.Add(1) % uint64(n))
+	var fallback *Backend
+	for i := 0; i < n; i++ {
+		b := s.backends[(start+i)%n]
+		if avoid != nil && proxy.Upstream(b) == avoid {
+			fallback = b
+			continue
+		}
+		if b.acquire() {
+			return b, nil
+		}
+	}
+	if fallback != nil && fallback.acquire() {
+		return fallback, nil
+	}
+	return nil, proxy.ErrNoUpstream
+}
+
+// Wait blocks until a backend may have become routable, or ctx ends. Other
+// generations change the shared table too, so while anyone waits a watcher
+// looks at it every few milliseconds.
+func (s *Set) Wait(ctx context.Context) error {
+	s.mu.Lock()
+	ch := s.changedC
+	s.mu.Unlock()
+	if s.waiters.Add(1) == 1 {
+		select {
+		case s.watchC <- struct{}{}:
+		default:
+		}
+	}
+	defer s.waiters.Add(-1)
+	if s.anyRoutable() {
+		return nil
+	}
+	select {
+	case <-ch:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Unavailable describes every backend's state, for the error a held request
+// gets when nothing came back in time.
+func (s *Set) Unavailable() string {
+	parts := make([]string, 0, len(s.backends))
+	for _, b := range s.backends {
+		w := b.slot.load()
+		p := b.cfg.Name + " " + w.label()
+		if e := b.lastErr.Load(); e != nil && w.down() {
+			p += " (" + *e + ")"
+		}
+		parts = append(parts, p)
+	}
+	return strings.Join(parts, ", ")
+}
+
+func (s *Set) anyRoutable() bool {
+	for _, b := range s.backends {
+		if b.slot.load().routable() {
+			return true
+		}
+	}
+	return false
+}
+
+// broadcast wakes every held request.
+func (s *Set) broadcast() {
+	s.mu.Lock()
+	close(s.changedC)
+	s.changedC = make(chan struct{})
+	s.mu.Unlock()
+}
+
+// Run runs the health checks and the watcher until ctx ends, then returns
+// once they have stopped. Only the serving generation runs it; a draining
+// one stops it and keeps only its restarts.
+func (s *Set) Run(ctx context.Context) {
+	var wg sync.WaitGroup
+	for _, b := range s.backends {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s.healthLoop(ctx, b)
+		}()
+	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		s.watch(ctx)
+	}()
+	wg.Wait()
+}
+
+// watch polls the shared table while requests are held, since a restart
+// owned by another generation readmits backends there.
+func (s *Set) watch(ctx context.Context) {
+	t := time.NewTicker(pollInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-s.watchC:
+		}
+		for _, b := range s.backends {
+			if b.slot.load().down() {
+				s.kickHealth(b)
+			}
+		}
+		for s.waiters.Load() > 0 {
+			if s.anyRoutable() {
+				s.broadcast()
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+		}
+	}
+}
+
+// Held reports how many requests are waiting for a backend.
+func (s *Set) Held() int64 { return s.waiters.Load() }
+
+func (s *Set) logf(msg string, args ...any) {
+	if s.log != nil {
+		s.log.Info(msg, args...)
+	}
+}
+
+func (s *Set) warnf(msg string, args ...any) {
+	if s.log != nil {
+		s.log.Warn(msg, args...)
+	}
+}
+
+// Close stops restarts still running in this process at their next step
+// and waits for them, then closes idle connections.
+func (s *Set) Close() {
+	s.jobCancel()
+	s.jobs.Wait()
+	for _, b := range s.backends {
+		b.pooled.CloseIdleConnections()
+		b.fresh.CloseIdleConnections()
+	}
+}
+
+// WaitRestarts waits until the restarts this process owns have finished
+// (each is bounded by its restart_timeout) or ctx ends.
+func (s *Set) WaitRestarts(ctx context.Context) error {
+	done := make(chan struct{})
+	go func() {
+		s.jobs.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Status is one backend's state for `baton ctl status`.
+type Status struct {
+	Name         string         `json:"name"`
+	URL          string         `json:"url"`
+	Kind         Kind           `json:"kind"`
+	Restart      Method         `json:"restart,omitempty"`
+	State        string         `json:"state"` // up, down, drained, draining, restarting, starting
+	Health       string         `json:"health"`
+	Drained      bool           `json:"drained"`
+	InFlight     int64          `json:"in_flight"`      // all baton generations
+	InFlightHere int64          `json:"in_flight_here"` // this process
+	RestartOwner int            `json:"restart_owner,omitempty"`
+	PhaseSince   *time.Time     `json:"phase_since,omitempty"`
+	LastError    string         `json:"last_error,omitempty"`
+	LastRestart  *RestartResult `json:"last_restart,omitempty"`
+}
+
+// Status reports every backend, in config order.
+func (s *Set) Status() []Status {
+	out := make([]Status, 0, len(s.backends))
+	for _, b := range s.backends {
+		w := b.slot.load()
+		st := Status{
+			Name: b.cfg.Name, URL: b.cfg.URL, Kind: b.cfg.Kind, Restart: b.cfg.Restart,
+			State: w.label(), Health: "up", Drained: w.drained(),
+			InFlight: b.globalInflight(), InFlightHere: b.inflight.Load(),
+		}
+		if w.down() {
+			st.Health = "down"
+		}
+		if w.phase() != PhaseNone {
+			st.RestartOwner = int(atomic.LoadInt64(&b.slot.owner))
+			t := time.Unix(0, atomic.LoadInt64(&b.slot.since))
+			st.PhaseSince = &t
+		}
+		if e := b.lastErr.Load(); e != nil {
+			st.LastError = *e
+		}
+		if r, ok := b.slot.result(); ok {
+			st.LastRestart = &RestartResult{Backend: b.cfg.Name, OK: r.ok, At: r.at, Duration: r.dur, Error: r.reason}
+		}
+		out = append(out, st)
+	}
+	return out
+}
+
+// Restartable lists the names of the backends that have a restart method,
+// in config order.
+func (s *Set) Restartable() []string {
+	var out []string
+	for _, b := range s.backends {
+		if b.cfg.Restartable() {
+			out = append(out, b.cfg.Name)
+		}
+	}
+	return out
+}

@@ -1,0 +1,309 @@
+package backends
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"sync/atomic"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// The state table is a small region of memory shared by every live baton
+// generation: the serving process and the older ones still draining. It is a
+// memfd passed across upgrades (see handoff.AddFile), mapped MAP_SHARED, and
+// every field is read and written with sync/atomic, so a backend taken out of
+// rotation by one process is out of rotation for all of them at once, and
+// in-flight counts cover every generation.
+
+const (
+	stateMagic   = 0x31544e4f54414231 // "1BATONT1" little-endian-ish tag
+	stateVersion = 1
+	maxSlots     = 128
+	maxNameLen   = 64
+	maxReasonLen = 192
+	headerSize   = 64
+	slotSize     = 512
+	stateSize    = headerSize + maxSlots*slotSize
+)
+
+type stateHeader struct {
+	magic   uint64
+	version uint64
+	_       [6]uint64
+}
+
+// stateSlot is one backend's shared record. Its layout is part of the
+// handoff contract between baton versions: append fields only.
+type stateSlot struct {
+	claim    uint64 // 0 free, 1 being written, 2 claimed
+	nameLen  uint64
+	name     [maxNameLen / 8]uint64
+	word     uint64 // packed stateWord
+	owner    int64  // pid running the current restart, 0 if none
+	inflight int64  // requests in flight to this backend, all generations
+	epoch    uint64 // bumped when the backend restarted: pooled connections are stale
+	since    int64  // unix nanos when the current phase began
+	lastAt   int64  // unix nanos of the last restart result
+	lastOK   uint64 // 1 if the last restart succeeded
+	lastDur  int64  // nanos the last restart took
+	lastSeq  uint64 // seqlock over the last* fields: odd while one is written
+	lastLen  uint64
+	reason   [maxReasonLen / 8]uint64
+}
+
+func init() {
+	if unsafe.Sizeof(stateSlot{}) > slotSize || unsafe.Sizeof(stateHeader{}) != headerSize {
+		panic("backends: state slot layout does not fit")
+	}
+}
+
+// Phase is where a backend is in a restart.
+type Phase uint8
+
+// Restart phases, in order.
+const (
+	PhaseNone       Phase = iota // not restarting
+	PhaseDraining                // out of rotation, waiting for in-flight requests
+	PhaseRestarting              // the server is being signalled, stopped or started
+	PhaseStarting                // waiting for the process and the health check
+)
+
+var phaseNames = [...]string{"none", "draining", "restarting", "starting"}
+
+func (p Phase) String() string {
+	if int(p) < len(phaseNames) {
+		return phaseNames[p]
+	}
+	return fmt.Sprintf("phase(%d)", p)
+}
+
+// stateWord packs what routing needs into one atomically swapped word.
+type stateWord uint64
+
+const (
+	bitDown    = 1 << 8 // health checks or passive failures say the backend is down
+	bitDrained = 1 << 9 // taken out of rotation by an operator
+)
+
+func (w stateWord) phase() Phase  { return Phase(w & 0xff) }
+func (w stateWord) down() bool    { return w&bitDown != 0 }
+func (w stateWord) drained() bool { return w&bitDrained != 0 }
+func (w stateWord) routable() bool {
+	return w.phase() == PhaseNone && w&(bitDown|bitDrained) == 0
+}
+func (w stateWord) withPhase(p Phase) stateWord { return w&^0xff | stateWord(p) }
+func (w stateWord) with(bit stateWord, on bool) stateWord {
+	if on {
+		return w | bit
+	}
+	return w &^ bit
+}
+
+// label is the one-word state shown by status.
+func (w stateWord) label() string {
+	switch {
+	case w.phase() != PhaseNone:
+		return w.phase().String()
+	case w.drained():
+		return "drained"
+	case w.down():
+		return "down"
+	default:
+		return "up"
+	}
+}
+
+// StateTable is the backend state shared by all live baton generations. The
+// zero value is not usable; use NewStateTable or OpenStateTable. It is safe
+// for concurrent use by any number of goroutines and processes.
+type StateTable struct {
+	f   *os.File
+	mem []byte
+	hdr *stateHeader
+}
+
+// NewStateTable creates an empty table in a new memfd.
+func NewStateTable() (*StateTable, error) {
+	fd, err := unix.MemfdCreate("baton-backends", unix.MFD_CLOEXEC)
+	if err != nil {
+		return nil, fmt.Errorf("backends: state table: memfd: %w", err)
+	}
+	f := os.NewFile(uintptr(fd), "baton-backends")
+	if err := f.Truncate(stateSize); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("backends: state table: truncate: %w", err)
+	}
+	t, err := mapState(f)
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	atomic.StoreUint64(&t.hdr.version, stateVersion)
+	atomic.StoreUint64(&t.hdr.magic, stateMagic)
+	return t, nil
+}
+
+// OpenStateTable maps a table passed by a previous generation. It takes
+// ownership of f.
+func OpenStateTable(f *os.File) (*StateTable, error) {
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("backends: state table: %w", err)
+	}
+	if fi.Size() != stateSize {
+		return nil, fmt.Errorf("backends: state table: size %d, want %d", fi.Size(), stateSize)
+	}
+	t, err := mapState(f)
+	if err != nil {
+		return nil, err
+	}
+	if m, v := atomic.LoadUint64(&t.hdr.magic), atomic.LoadUint64(&t.hdr.version); m != stateMagic || v != stateVersion {
+		t.Close()
+		return nil, fmt.Errorf("backends: state table: bad magic %#x or version %d", m, v)
+	}
+	return t, nil
+}
+
+func mapState(f *os.File) (*StateTable, error) {
+	mem, err := unix.Mmap(int(f.Fd()), 0, stateSize, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	if err != nil {
+		return nil, fmt.Errorf("backends: state table: mmap: %w", err)
+	}
+	return &StateTable{f: f, mem: mem, hdr: (*stateHeader)(unsafe.Pointer(&mem[0]))}, nil
+}
+
+// File is the memfd behind the table, to pass to the next generation.
+func (t *StateTable) File() *os.File { return t.f }
+
+// Close unmaps the table. Slots handed out before must not be used after.
+func (t *StateTable) Close() error {
+	err := unix.Munmap(t.mem)
+	return errors.Join(err, t.f.Close())
+}
+
+func (t *StateTable) slotAt(i int) *stateSlot {
+	return (*stateSlot)(unsafe.Pointer(&t.mem[headerSize+i*slotSize]))
+}
+
+// slot returns the record for name, claiming a free one for a name never
+// seen. A new record starts up, not draining, not drained.
+func (t *StateTable) slot(name string) (*stateSlot, error) {
+	if len(name) == 0 || len(name) > maxNameLen {
+		return nil, fmt.Errorf("backends: state table: name %q must be 1 to %d bytes", name, maxNameLen)
+	}
+	free := -1
+	for i := 0; i < maxSlots; i++ {
+		s := t.slotAt(i)
+		switch atomic.LoadUint64(&s.claim) {
+		case 2:
+			if s.loadName() == name {
+				return s, nil
+			}
+		case 0:
+			if free < 0 {
+				free = i
+			}
+		}
+	}
+	if free < 0 {
+		return nil, fmt.Errorf("backends: state table full (%d names)", maxSlots)
+	}
+	// Only a starting generation claims slots, and only one generation starts
+	// at a time, but CAS keeps two claimers from sharing a slot anyway.
+	for i := free; i < maxSlots; i++ {
+		s := t.slotAt(i)
+		if atomic.CompareAndSwapUint64(&s.claim, 0, 1) {
+			storeText(s.name[:], &s.nameLen, name)
+			atomic.StoreUint64(&s.claim, 2)
+			return s, nil
+		}
+	}
+	return nil, fmt.Errorf("backends: state table full (%d names)", maxSlots)
+}
+
+func (s *stateSlot) loadName() string { return loadText(s.name[:], &s.nameLen) }
+
+func (s *stateSlot) load() stateWord { return stateWord(atomic.LoadUint64(&s.word)) }
+
+func (s *stateSlot) cas(old, new stateWord) bool {
+	return atomic.CompareAndSwapUint64(&s.word, uint64(old), uint64(new))
+}
+
+// update applies f until the swap wins, and returns the old and new words.
+func (s *stateSlot) update(f func(stateWord) stateWord) (old, new stateWord) {
+	for {
+		old = s.load()
+		new = f(old)
+		if old == new || s.cas(old, new) {
+			return old, new
+		}
+	}
+}
+
+func (s *stateSlot) setResult(ok bool, dur time.Duration, reason string) {
+	if len(reason) > maxReasonLen {
+		reason = reason[:maxReasonLen-3] + "..."
+	}
+	// Only the restart's owner writes a result, so writers never overlap.
+	atomic.AddUint64(&s.lastSeq, 1)
+	storeText(s.reason[:], &s.lastLen, reason)
+	var okv uint64
+	if ok {
+		okv = 1
+	}
+	atomic.StoreUint64(&s.lastOK, okv)
+	atomic.StoreInt64(&s.lastDur, int64(dur))
+	atomic.StoreInt64(&s.lastAt, time.Now().UnixNano())
+	atomic.AddUint64(&s.lastSeq, 1)
+}
+
+// lastResult is a restart's outcome as recorded in the table.
+type lastResult struct {
+	at     time.Time
+	ok     bool
+	dur    time.Duration
+	reason string
+}
+
+// result reads the last restart result; have is false if there was none.
+func (s *stateSlot) result() (r lastResult, have bool) {
+	for i := 0; i < 1000; i++ {
+		seq := atomic.LoadUint64(&s.lastSeq)
+		if seq&1 != 0 {
+			continue // a writer is mid-update
+		}
+		reason := loadText(s.reason[:], &s.lastLen)
+		ns := atomic.LoadInt64(&s.lastAt)
+		ok := atomic.LoadUint64(&s.lastOK) == 1
+		dur := time.Duration(atomic.LoadInt64(&s.lastDur))
+		if atomic.LoadUint64(&s.lastSeq) != seq {
+			continue
+		}
+		if ns == 0 {
+			return lastResult{}, false
+		}
+		return lastResult{time.Unix(0, ns), ok, dur, reason}, true
+	}
+	return lastResult{}, false
+}
+
+func storeText(words []uint64, n *uint64, s string) {
+	var buf [maxReasonLen]byte
+	copy(buf[:len(words)*8], s)
+	for i := range words {
+		atomic.StoreUint64(&words[i], *(*uint64)(unsafe.Pointer(&buf[i*8])))
+	}
+	atomic.StoreUint64(n, uint64(min(len(s), len(words)*8)))
+}
+
+func loadText(words []uint64, np *uint64) string {
+	n := min(int(atomic.LoadUint64(np)), len(words)*8)
+	var buf [maxReasonLen]byte
+	for i := range words {
+		*(*uint64)(unsafe.Pointer(&buf[i*8])) = atomic.LoadUint64(&words[i])
+	}
+	return string(buf[:n])
+}

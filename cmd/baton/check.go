@@ -1,0 +1,97 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"os/exec"
+	"syscall"
+	"time"
+
+	"github.com/batonproxy/baton/backends"
+	"github.com/batonproxy/baton/cmd/internal/config"
+	"github.com/batonproxy/baton/cmd/internal/control"
+)
+
+func cmdCheck(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("baton check", flag.ContinueOnError)
+	cfgPath := configFlag(fs)
+	if ok, code := parseFlags(fs, args, stderr); !ok {
+		return code
+	}
+	if *cfgPath == "" {
+		fmt.Fprintln(stderr, "baton check: --config FILE is required")
+		return 2
+	}
+	cfg, err := config.Load(*cfgPath)
+	if err == nil {
+		err = checkRuntime(cfg)
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "%v\n", err)
+		return 1
+	}
+	fmt.Fprintf(stdout, "%s: ok (%d listener(s), %d backend(s))\n", *cfgPath, len(cfg.Listen), len(cfg.Backends))
+	return 0
+}
+
+// checkRuntime checks what a valid file can still get wrong on this
+// machine: listen addresses in use by someone other than the running
+// baton, PID files and commands of restartable backends.
+func checkRuntime(cfg *config.Config) error {
+	held := runningListeners(cfg)
+	for n, addr := range cfg.Listen {
+		ln, err := net.Listen("tcp", addr)
+		if err == nil {
+			ln.Close()
+			continue
+		}
+		if errors.Is(err, syscall.EADDRINUSE) && held[addr] {
+			continue // the running baton holds it and hands it on
+		}
+		return &config.Error{File: cfg.Path, Key: fmt.Sprintf("proxy.listen[%d]", n), Err: err}
+	}
+	for n, b := range cfg.Backends {
+		if !b.Restartable() {
+			continue
+		}
+		key := func(k string) string { return fmt.Sprintf("backend[%d].%s", n, k) }
+		if len(b.RestartCommand) > 0 {
+			if _, err := exec.LookPath(b.RestartCommand[0]); err != nil {
+				return &config.Error{File: cfg.Path, Key: key("restart_command"), Err: err}
+			}
+			continue
+		}
+		if len(b.StartCommand) > 0 {
+			if _, err := exec.LookPath(b.StartCommand[0]); err != nil {
+				return &config.Error{File: cfg.Path, Key: key("start_command"), Err: err}
+			}
+		}
+		if _, err := backends.CheckPIDFile(b.PIDFile); err != nil {
+			return &config.Error{File: cfg.Path, Key: key("pid_file"), Err: err}
+		}
+	}
+	return nil
+}
+
+// runningListeners asks a baton already running with this configuration's
+// control socket which addresses it serves.
+func runningListeners(cfg *config.Config) map[string]bool {
+	out := map[string]bool{}
+	if cfg.ControlSocket == "" {
+		return out
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	resp, err := control.Do(ctx, cfg.ControlSocket, control.Request{Cmd: control.CmdStatus})
+	if err != nil || resp.Status == nil {
+		return out
+	}
+	for _, a := range resp.Status.Listeners {
+		out[a] = true
+	}
+	return out
+}

@@ -1,0 +1,215 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/batonproxy/baton/backends"
+	"github.com/batonproxy/baton/cmd/internal/config"
+	"github.com/batonproxy/baton/cmd/internal/control"
+)
+
+const ctlUsage = `usage: baton ctl [--socket PATH | --config FILE] [--json] [--timeout D] CMD [ARGS]
+
+commands:
+  status              process, listeners and backends
+  upgrade             start a new baton process from the binary and config on disk;
+                      exit 0 once it serves, 1 with the reason if it does not
+  stop                drain and stop
+  restart NAME        drain NAME, restart it gracefully, readmit it once healthy
+  restart --all       the same for every restartable backend, one at a time
+  drain NAME          take NAME out of rotation (in-flight requests finish)
+  undrain NAME        put NAME back into rotation (once healthy)
+`
+
+func cmdCtl(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("baton ctl", flag.ContinueOnError)
+	fs.Usage = func() { fmt.Fprint(stderr, ctlUsage); fs.PrintDefaults() }
+	socket := fs.String("socket", "", "control socket `path`")
+	cfgPath := configFlag(fs)
+	asJSON := fs.Bool("json", false, "print the raw JSON response")
+	timeout := fs.Duration("timeout", 10*time.Minute, "give up waiting after this long")
+	if ok, code := parseFlags(fs, args, stderr); !ok {
+		return code
+	}
+	rest := fs.Args()
+	if len(rest) == 0 {
+		fs.Usage()
+		return 2
+	}
+	if *socket == "" && *cfgPath != "" {
+		cfg, err := config.Load(*cfgPath)
+		if err != nil {
+			fmt.Fprintf(stderr, "baton ctl: %v\n", err)
+			return 1
+		}
+		*socket = cfg.ControlSocket
+		if *socket == "" {
+			fmt.Fprintf(stderr, "baton ctl: %s has no [control] socket\n", cfg.Path)
+			return 1
+		}
+	}
+	if *socket == "" {
+		fmt.Fprintln(stderr, "baton ctl: give --socket PATH or --config FILE")
+		return 2
+	}
+	// Flags after the command word are accepted too: ctl restart web1 --json.
+	var words []string
+	for _, a := range rest {
+		if a == "--json" || a == "-json" {
+			*asJSON = true
+			continue
+		}
+		words = append(words, a)
+	}
+	rest = words
+	if len(rest) == 0 {
+		fs.Usage()
+		return 2
+	}
+	req := control.Request{Cmd: rest[0]}
+	switch req.Cmd {
+	case control.CmdRestart, control.CmdDrain, control.CmdUndrain:
+		for _, a := range rest[1:] {
+			switch {
+			case req.Cmd == control.CmdRestart && (a == "--all" || a == "-all" || a == "-a"):
+				req.All = true
+			case strings.HasPrefix(a, "-"):
+				fmt.Fprintf(stderr, "baton ctl %s: unknown flag %s\n", req.Cmd, a)
+				return 2
+			case req.Backend == "":
+				req.Backend = a
+			default:
+				fmt.Fprintf(stderr, "baton ctl %s: one backend at a time (got %q and %q)\n", req.Cmd, req.Backend, a)
+				return 2
+			}
+		}
+		if req.Backend == "" && !req.All {
+			fmt.Fprintf(stderr, "baton ctl %s: which backend?\n", req.Cmd)
+			return 2
+		}
+	default:
+		if len(rest) > 1 {
+			fmt.Fprintf(stderr, "baton ctl %s: unexpected arguments %q\n", req.Cmd, rest[1:])
+			return 2
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
+	defer cancel()
+	resp, err := control.Do(ctx, *socket, req)
+	if err != nil {
+		fmt.Fprintf(stderr, "baton ctl: %v\n", err)
+		return 1
+	}
+	if *asJSON {
+		b, _ := json.MarshalIndent(resp, "", "  ")
+		fmt.Fprintln(stdout, string(b))
+	} else {
+		printResponse(stdout, req, resp)
+	}
+	if !resp.OK {
+		fmt.Fprintf(stderr, "baton ctl %s: %s\n", req.Cmd, resp.Error)
+		return 1
+	}
+	return 0
+}
+
+func printResponse(w io.Writer, req control.Request, r control.Response) {
+	switch {
+	case r.Status != nil:
+		printStatus(w, r.Status)
+	case r.Upgrade != nil:
+		u := r.Upgrade
+		fmt.Fprintf(w, "upgraded: pid %d (generation %d) serves; took %s", u.PID, u.Generation, u.Took.Round(time.Microsecond))
+		if u.Waited > time.Millisecond {
+			fmt.Fprintf(w, ", of which %s waiting for the previous generation to let go", u.Waited.Round(time.Millisecond))
+		}
+		if u.Coalesced > 0 {
+			fmt.Fprintf(w, "; %d SIGHUP(s) folded in", u.Coalesced)
+		}
+		fmt.Fprintln(w)
+	case len(r.Restarts) > 0:
+		for _, res := range r.Restarts {
+			printRestart(w, res)
+		}
+	case r.Drain != nil:
+		d := r.Drain
+		state := "drained"
+		if d.Already {
+			state = "already drained"
+		}
+		fmt.Fprintf(w, "%s %s; waited %s, %d request(s) still in flight\n", d.Backend, state, d.Waited.Round(time.Millisecond), d.InFlight)
+	case r.Backend != nil:
+		fmt.Fprintf(w, "%s undrained: %s\n", r.Backend.Name, r.Backend.State)
+	case r.OK && req.Cmd == control.CmdStop:
+		fmt.Fprintln(w, "stopping: draining connections")
+	}
+}
+
+func printRestart(w io.Writer, r backends.RestartResult) {
+	verdict := "restarted"
+	if !r.OK {
+		verdict = "FAILED to restart"
+	}
+	fmt.Fprintf(w, "%s %s in %s", verdict, r.Backend, r.Duration.Round(time.Millisecond))
+	if r.OldPID != 0 || r.NewPID != 0 {
+		fmt.Fprintf(w, " (pid %d -> %d)", r.OldPID, r.NewPID)
+	}
+	fmt.Fprintln(w)
+	for _, s := range r.Steps {
+		fmt.Fprintf(w, "  %-8s %10s  %s\n", s.Name, s.Duration.Round(time.Microsecond), s.Detail)
+	}
+}
+
+func printStatus(w io.Writer, s *control.Status) {
+	state := "serving"
+	switch {
+	case s.Draining:
+		state = "draining (replaced or stopping)"
+	case s.Upgrading:
+		state = "serving, upgrade in progress"
+	}
+	if len(s.Restarting) > 0 {
+		state += "; restarting " + strings.Join(s.Restarting, ", ")
+	}
+	fmt.Fprintf(w, "baton %s  pid %d  generation %d  up %s\n", s.Version, s.PID, s.Generation,
+		(time.Duration(s.UptimeSeconds * float64(time.Second))).Round(time.Second))
+	fmt.Fprintf(w, "state      %s\n", state)
+	fmt.Fprintf(w, "config     %s\n", s.Config)
+	fmt.Fprintf(w, "listen     %s (%d connections)\n", strings.Join(s.Listeners, ", "), s.Connections)
+	fmt.Fprintf(w, "control    %s\n", s.ControlSocket)
+	if s.LastUpgradeError != "" {
+		fmt.Fprintf(w, "last upgrade failed: %s\n", s.LastUpgradeError)
+	}
+	p := s.Proxy
+	fmt.Fprintf(w, "held       %d now, %d in all, longest %s, %d gave up; %d retries\n",
+		p.Held, p.HeldTotal, p.MaxHold.Round(time.Millisecond), p.HoldTimeouts, p.Retries)
+	fmt.Fprintln(w)
+	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "BACKEND\tSTATE\tIN-FLIGHT\tKIND\tURL\tLAST RESTART")
+	for _, b := range s.Backends {
+		last := "-"
+		if r := b.LastRestart; r != nil {
+			last = fmt.Sprintf("ok, %s ago, took %s", time.Since(r.At).Round(time.Second), r.Duration.Round(time.Millisecond))
+			if !r.OK {
+				last = fmt.Sprintf("FAILED %s ago: %s", time.Since(r.At).Round(time.Second), r.Error)
+			}
+		}
+		st := b.State
+		if b.RestartOwner != 0 && b.PhaseSince != nil {
+			st = fmt.Sprintf("%s %s (pid %d)", st, time.Since(*b.PhaseSince).Round(time.Millisecond), b.RestartOwner)
+		}
+		kind := string(b.Kind)
+		if b.Restart != "" {
+			kind += "/" + string(b.Restart)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\n", b.Name, st, b.InFlight, kind, b.URL, last)
+	}
+	tw.Flush()
+}

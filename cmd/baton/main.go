@@ -1,0 +1,96 @@
+// Command baton is a front proxy that keeps legacy web servers (Apache,
+// lighttpd) serving through its own upgrades and their restarts.
+//
+//	baton run   --config FILE    serve
+//	baton check --config FILE    validate a configuration
+//	baton ctl   [--socket PATH | --config FILE] [--json] CMD [ARGS]
+//	baton soak  --target URL ... prove restarts are invisible under load
+//	baton version
+package main
+
+import (
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"runtime"
+	"runtime/debug"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = ""
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+const usage = `usage: baton <command> [flags]
+
+commands:
+  run     --config FILE        serve (SIGHUP upgrades, SIGTERM drains and stops,
+                               SIGUSR1 restarts every backend, one at a time)
+  check   --config FILE        validate a configuration and exit 0 or 1
+  ctl     [--socket PATH | --config FILE] [--json] CMD
+                               talk to a running baton: status, upgrade, stop,
+                               restart NAME | restart --all, drain NAME, undrain NAME
+  soak    --target URL ...     load baton while upgrading and restarting it, and report
+  version                      print the version
+
+run "baton <command> -h" for a command's flags.
+`
+
+func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	switch args[0] {
+	case "run":
+		return cmdRun(args[1:], stderr)
+	case "check":
+		return cmdCheck(args[1:], stdout, stderr)
+	case "ctl":
+		return cmdCtl(args[1:], stdout, stderr)
+	case "soak":
+		return cmdSoak(args[1:], stdout, stderr)
+	case "version", "--version", "-version":
+		fmt.Fprintf(stdout, "baton %s (%s %s/%s)\n", versionString(), runtime.Version(), runtime.GOOS, runtime.GOARCH)
+		return 0
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usage)
+		return 0
+	default:
+		fmt.Fprintf(stderr, "baton: unknown command %q\n\n%s", args[0], usage)
+		return 2
+	}
+}
+
+func versionString() string {
+	if version != "" {
+		return version
+	}
+	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
+		return bi.Main.Version
+	}
+	return "dev"
+}
+
+// configFlag registers --config and -c on fs.
+func configFlag(fs *flag.FlagSet) *string {
+	p := new(string)
+	fs.StringVar(p, "config", "", "configuration `file` (TOML)")
+	fs.StringVar(p, "c", "", "shorthand for --config")
+	return p
+}
+
+// parseFlags parses args into fs; it reports usage errors itself.
+func parseFlags(fs *flag.FlagSet, args []string, stderr io.Writer) (ok bool, code int) {
+	fs.SetOutput(stderr)
+	if err := fs.Parse(args); err != nil {
+		if err == flag.ErrHelp {
+			return false, 0
+		}
+		return false, 2
+	}
+	return true, 0
+}

@@ -1,0 +1,276 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/hashicorp/go-multierror"
+
+	"github.com/batonproxy/baton/backends"
+	"github.com/batonproxy/baton/cmd/internal/config"
+	"github.com/batonproxy/baton/cmd/internal/control"
+	"github.com/batonproxy/baton/handoff"
+	"github.com/batonproxy/baton/proxy"
+)
+
+// stateFile is the name under which the backend state table is passed to
+// the next generation.
+const stateFile = "baton.backends"
+
+func newLogger(w io.Writer, level slog.Level, format string) *slog.Logger {
+	opts := &slog.HandlerOptions{Level: level}
+	var h slog.Handler = slog.NewTextHandler(w, opts)
+	if format == "json" {
+		h = slog.NewJSONHandler(w, opts)
+	}
+	return slog.New(h).With("pid", os.Getpid())
+}
+
+// instance is one running baton process: everything cmdRun wires together.
+type instance struct {
+	cfg     *config.Config
+	h       *handoff.Handoff
+	log     *slog.Logger
+	table   *backends.StateTable
+	set     *backends.Set
+	px      *proxy.Handler
+	servers []*handoff.Server
+	ctl     *control.Server
+	addrs   []string // actual listen addresses
+
+	restartAll atomic.Bool
+	bg         sync.WaitGroup // serve loops, health checks, signal handling
+}
+
+func cmdRun(args []string, stderr io.Writer) int {
+	fs := flag.NewFlagSet("baton run", flag.ContinueOnError)
+	cfgPath := configFlag(fs)
+	if ok, code := parseFlags(fs, args, stderr); !ok {
+		return code
+	}
+	if *cfgPath == "" {
+		fmt.Fprintln(stderr, "baton run: --config FILE is required")
+		return 2
+	}
+	cfg, cfgErr := config.Load(*cfgPath)
+	level, format := slog.LevelInfo, "text"
+	var hopts handoff.Options
+	if cfgErr == nil {
+		level, format, hopts = cfg.LogLevel, cfg.LogFormat, cfg.Handoff
+	}
+	log := newLogger(stderr, level, format)
+	hopts.Logger = log
+	h, err := handoff.New(hopts)
+	if err != nil {
+		log.Error("cannot start", "err", err)
+		return 1
+	}
+	defer h.Close()
+	log = log.With("generation", h.Generation())
+	if cfgErr != nil {
+		h.Fail(cfgErr)
+		log.Error("bad configuration; not starting", "err", cfgErr)
+		return 1
+	}
+	inst := &instance{cfg: cfg, h: h, log: log}
+	if err := inst.start(); err != nil {
+		h.Fail(err)
+		log.Error("cannot start", "err", err)
+		inst.abort()
+		return 1
+	}
+	if err := h.Ready(); err != nil {
+		log.Error("cannot signal readiness", "err", err)
+		inst.abort()
+		return 1
+	}
+	log.Info("serving", "listen", inst.addrs, "backends", len(cfg.Backends), "config", cfg.Path, "version", versionString())
+	inst.warnBackends()
+
+	ctx, stopBackground := context.WithCancel(context.Background())
+	inst.runBackground(ctx)
+	<-h.Exit()
+	stopBackground()
+	return inst.shutdown()
+}
+
+// start builds everything and starts serving; nothing is ready until Ready.
+func (i *instance) start() error {
+	cfg, h := i.cfg, i.h
+	var err error
+	if f, ferr := h.File(stateFile); ferr != nil {
+		return ferr
+	} else if f != nil {
+		i.table, err = backends.OpenStateTable(f)
+	} else {
+		i.table, err = backends.NewStateTable()
+	}
+	if err != nil {
+		return err
+	}
+	if err := h.AddFile(stateFile, i.table.File()); err != nil {
+		return err
+	}
+	i.set, err = backends.New(cfg.Backends, i.table, backends.Options{Logger: i.log, RunDir: cfg.RunDir})
+	if err != nil {
+		return err
+	}
+	pcfg := cfg.Proxy
+	pcfg.Logger = i.log
+	i.px = proxy.New(i.set, pcfg)
+
+	errLog := slog.NewLogLogger(i.log.Handler(), slog.LevelDebug)
+	for n, addr := range cfg.Listen {
+		ln, err := h.Listen("tcp", addr)
+		if err != nil {
+			return &config.Error{File: cfg.Path, Key: fmt.Sprintf("proxy.listen[%d]", n), Err: err}
+		}
+		srv := &handoff.Server{
+			Handler:           i.px,
+			ReadHeaderTimeout: cfg.Server.ReadHeaderTimeout,
+			IdleTimeout:       cfg.Server.IdleTimeout,
+			MaxHeaderBytes:    cfg.Server.MaxHeaderBytes,
+			ErrorLog:          errLog,
+		}
+		i.servers = append(i.servers, srv)
+		i.addrs = append(i.addrs, ln.Addr().String())
+		i.bg.Add(1)
+		go func() {
+			defer i.bg.Done()
+			if err := srv.Serve(ln); err != nil {
+				i.log.Error("serve", "addr", addr, "err", err)
+			}
+		}()
+	}
+	if cfg.ControlSocket != "" {
+		ln, err := h.Listen("unix", cfg.ControlSocket)
+		if err != nil {
+			return &config.Error{File: cfg.Path, Key: "control.socket", Err: err}
+		}
+		i.ctl = &control.Server{Handler: i.handleControl, Logger: i.log}
+		i.bg.Add(1)
+		go func() {
+			defer i.bg.Done()
+			if err := i.ctl.Serve(ln); err != nil {
+				i.log.Error("control socket", "err", err)
+			}
+		}()
+	}
+	return nil
+}
+
+// abort undoes a start that failed before Ready.
+func (i *instance) abort() {
+	for _, s := range i.servers {
+		s.StopAccepting()
+	}
+	if i.ctl != nil {
+		i.ctl.StopAccepting()
+	}
+	i.h.Stop()
+}
+
+// warnBackends points out backends whose restart would fail right now; a
+// backend that is not up yet is no reason not to serve.
+func (i *instance) warnBackends() {
+	for _, b := range i.set.Backends() {
+		if err := b.Precheck(); err != nil && b.Config().Restartable() {
+			i.log.Warn("backend cannot be restarted at the moment", "backend", b.Name(), "err", err)
+		}
+	}
+}
+
+// runBackground starts health checks and signal handling until ctx ends.
+func (i *instance) runBackground(ctx context.Context) {
+	i.bg.Add(2)
+	go func() {
+		defer i.bg.Done()
+		i.set.Run(ctx)
+	}()
+	go func() {
+		defer i.bg.Done()
+		sigC := make(chan os.Signal, 1)
+		signal.Notify(sigC, syscall.SIGUSR1)
+		defer signal.Stop(sigC)
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-sigC:
+				i.startRestartAll("SIGUSR1")
+			}
+		}
+	}()
+}
+
+// startRestartAll runs `restart --all` in the background, once at a time.
+func (i *instance) startRestartAll(by string) {
+	if !i.restartAll.CompareAndSwap(false, true) {
+		i.log.Warn("restart of all backends already running; ignored", "by", by)
+		return
+	}
+	i.bg.Add(1)
+	go func() {
+		defer i.bg.Done()
+		defer i.restartAll.Store(false)
+		i.log.Info("restarting all backends, one at a time", "by", by)
+		results, err := i.set.RestartAll(context.Background())
+		if err != nil {
+			i.log.Error("restart of all backends failed", "err", err)
+			return
+		}
+		i.log.Info("restarted all backends", "count", len(results))
+	}()
+}
+
+// shutdown drains after Exit: stop accepting, let the next generation go,
+// finish connections up to drain_timeout, finish owned backend restarts,
+// and exit 0.
+func (i *instance) shutdown() int {
+	drainers := make([]handoff.Drainer, 0, len(i.servers)+1)
+	for _, s := range i.servers {
+		drainers = append(drainers, s)
+	}
+	if i.ctl != nil {
+		drainers = append(drainers, i.ctl)
+	}
+	t := time.Now()
+	err := i.h.Shutdown(drainers...)
+	var me *multierror.Error
+	if errors.As(err, &me) {
+		for _, e := range me.Errors {
+			i.log.Warn("drain", "err", e)
+		}
+	} else if err != nil {
+		i.log.Warn("drain", "err", err)
+	}
+	i.log.Info("connections drained", "took", time.Since(t).Round(time.Millisecond))
+	if err := i.set.WaitRestarts(context.Background()); err != nil {
+		i.log.Warn("waiting for backend restarts", "err", err)
+	}
+	i.set.Close()
+	i.bg.Wait()
+	i.log.Info("exiting")
+	return 0
+}
+
+// listeners reports the addresses served.
+func (i *instance) listeners() []string { return i.addrs }
+
+func (i *instance) connections() int {
+	n := 0
+	for _, s := range i.servers {
+		n += s.Connections()
+	}
+	return n
+}

@@ -1,0 +1,334 @@
+// Package config reads baton's TOML configuration file, strictly, into the
+// plain option structs of handoff, proxy and backends. Every error names
+// the file, the key and the reason; a Config that Load returned is valid.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/BurntSushi/toml"
+
+	"github.com/batonproxy/baton/backends"
+	"github.com/batonproxy/baton/handoff"
+	"github.com/batonproxy/baton/proxy"
+)
+
+// Config is a loaded, validated configuration.
+type Config struct {
+	Path          string // absolute path of the file it came from
+	Listen        []string
+	Server        ServerLimits
+	Handoff       handoff.Options
+	Proxy         proxy.Config
+	ControlSocket string
+	RunDir        string
+	Backends      []backends.Config
+	LogLevel      slog.Level
+	LogFormat     string // text or json
+}
+
+// ServerLimits are the client-facing HTTP server's timeouts and limits;
+// zero means handoff's default.
+type ServerLimits struct {
+	ReadHeaderTimeout time.Duration
+	IdleTimeout       time.Duration
+	MaxHeaderBytes    int
+}
+
+// Error is a configuration error: file, key (may be empty), reason.
+type Error struct {
+	File string
+	Key  string
+	Err  error
+}
+
+func (e *Error) Error() string {
+	if e.Key == "" {
+		return e.File + ": " + e.Err.Error()
+	}
+	return e.File + ": " + e.Key + ": " + e.Err.Error()
+}
+
+func (e *Error) Unwrap() error { return e.Err }
+
+type fileProxy struct {
+	Listen            []string `toml:"listen"`
+	DrainTimeout      string   `toml:"drain_timeout"`
+	HoldTimeout       string   `toml:"hold_timeout"`
+	MaxHeld           *int     `toml:"max_held"`
+	MaxAttempts       *int     `toml:"max_attempts"`
+	ReadHeaderTimeout string   `toml:"read_header_timeout"`
+	IdleTimeout       string   `toml:"idle_timeout"`
+	MaxHeaderBytes    *int     `toml:"max_header_bytes"`
+}
+
+type fileControl struct {
+	PIDFile        string `toml:"pid_file"`
+	Socket         string `toml:"socket"`
+	UpgradeTimeout string `toml:"upgrade_timeout"`
+	RunDir         string `toml:"run_dir"`
+}
+
+type fileLog struct {
+	Level  string `toml:"level"`
+	Format string `toml:"format"`
+}
+
+type fileBackend struct {
+	Name                  string   `toml:"name"`
+	URL                   string   `toml:"url"`
+	HealthPath            string   `toml:"health_path"`
+	HealthInterval        string   `toml:"health_interval"`
+	HealthTimeout         string   `toml:"health_timeout"`
+	MaxFails              *int     `toml:"max_fails"`
+	Kind                  string   `toml:"kind"`
+	PIDFile               string   `toml:"pid_file"`
+	Restart               string   `toml:"restart"`
+	StartCommand          []string `toml:"start_command"`
+	RestartCommand        []string `toml:"restart_command"`
+	RestartTimeout        string   `toml:"restart_timeout"`
+	DrainTimeout          string   `toml:"drain_timeout"`
+	MaxIdleConns          *int     `toml:"max_idle_conns"`
+	IdleConnTimeout       string   `toml:"idle_conn_timeout"`
+	DialTimeout           string   `toml:"dial_timeout"`
+	ResponseHeaderTimeout string   `toml:"response_header_timeout"`
+}
+
+type file struct {
+	Proxy   fileProxy     `toml:"proxy"`
+	Control fileControl   `toml:"control"`
+	Log     fileLog       `toml:"log"`
+	Backend []fileBackend `toml:"backend"`
+}
+
+var decodeErrRE = regexp.MustCompile(`^toml: line (\d+) \(last key "([^"]+)"\): (.*)$`)
+
+// Load reads and validates the file at path.
+func Load(path string) (*Config, error) {
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return nil, &Error{File: path, Err: err}
+	}
+	b, err := os.ReadFile(abs)
+	if err != nil {
+		return nil, &Error{File: path, Err: errors.Unwrap(err)}
+	}
+	return Parse(path, abs, string(b))
+}
+
+// Parse validates the text of a configuration file; name is used in errors
+// and abs recorded as Path.
+func Parse(name, abs, text string) (*Config, error) {
+	var f file
+	md, err := toml.Decode(text, &f)
+	if err != nil {
+		var pe toml.ParseError
+		if errors.As(err, &pe) {
+			key := ""
+			if pe.LastKey != "" {
+				key = pe.LastKey
+			}
+			return nil, &Error{File: fmt.Sprintf("%s:%d", name, pe.Position.Line), Key: key, Err: errors.New(pe.Message)}
+		}
+		if m := decodeErrRE.FindStringSubmatch(err.Error()); m != nil {
+			return nil, &Error{File: name + ":" + m[1], Key: m[2], Err: errors.New(m[3])}
+		}
+		return nil, &Error{File: name, Err: err}
+	}
+	if und := md.Undecoded(); len(und) > 0 {
+		keys := make([]string, len(und))
+		for i, k := range und {
+			keys[i] = k.String()
+		}
+		return nil, &Error{File: name, Key: keys[0], Err: fmt.Errorf("unknown key%s", plural(keys))}
+	}
+	c, err := build(&f, filepath.Dir(abs))
+	if err != nil {
+		var fe *backends.FieldError
+		if errors.As(err, &fe) {
+			return nil, &Error{File: name, Key: fe.Key, Err: fe.Err}
+		}
+		return nil, &Error{File: name, Err: err}
+	}
+	c.Path = abs
+	return c, nil
+}
+
+func plural(keys []string) string {
+	if len(keys) == 1 {
+		return ""
+	}
+	return fmt.Sprintf(" (also: %s)", strings.Join(keys[1:], ", "))
+}
+
+// errAt makes a *backends.FieldError, the carrier of key names here too.
+func errAt(key string, format string, args ...any) error {
+	return &backends.FieldError{Key: key, Err: fmt.Errorf(format, args...)}
+}
+
+func duration(key, s string, dst *time.Duration) error {
+	if s == "" {
+		return nil
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		return errAt(key, "%q is not a duration (want e.g. \"30s\", \"500ms\")", s)
+	}
+	if d < 0 {
+		return errAt(key, "%q must not be negative", s)
+	}
+	*dst = d
+	return nil
+}
+
+func positive(key string, v *int, dst *int) error {
+	if v == nil {
+		return nil
+	}
+	if *v <= 0 {
+		return errAt(key, "must be positive, got %d", *v)
+	}
+	*dst = *v
+	return nil
+}
+
+// build turns the decoded file into a Config; relative paths are taken
+// relative to dir, the configuration file's directory.
+func build(f *file, dir string) (*Config, error) {
+	c := &Config{LogLevel: slog.LevelInfo, LogFormat: "text"}
+
+	if len(f.Proxy.Listen) == 0 {
+		return nil, errAt("proxy.listen", "no listen address (want e.g. [\"127.0.0.1:8080\"])")
+	}
+	seen := map[string]bool{}
+	for i, a := range f.Proxy.Listen {
+		key := fmt.Sprintf("proxy.listen[%d]", i)
+		host, port, err := net.SplitHostPort(a)
+		if err != nil {
+			return nil, errAt(key, "%q: %v", a, err)
+		}
+		if p, err := strconv.Atoi(port); err != nil || p < 0 || p > 65535 {
+			return nil, errAt(key, "%q: bad port", a)
+		}
+		if host != "" && net.ParseIP(host) == nil && host != "localhost" {
+			return nil, errAt(key, "%q: host must be an IP address", a)
+		}
+		if seen[a] {
+			return nil, errAt(key, "%q listed twice", a)
+		}
+		seen[a] = true
+	}
+	c.Listen = f.Proxy.Listen
+
+	var err error
+	try := func(e error) {
+		if err == nil {
+			err = e
+		}
+	}
+	try(duration("proxy.drain_timeout", f.Proxy.DrainTimeout, &c.Handoff.DrainTimeout))
+	try(duration("proxy.hold_timeout", f.Proxy.HoldTimeout, &c.Proxy.HoldTimeout))
+	try(positive("proxy.max_held", f.Proxy.MaxHeld, &c.Proxy.MaxHeld))
+	try(positive("proxy.max_attempts", f.Proxy.MaxAttempts, &c.Proxy.MaxAttempts))
+	try(duration("proxy.read_header_timeout", f.Proxy.ReadHeaderTimeout, &c.Server.ReadHeaderTimeout))
+	try(duration("proxy.idle_timeout", f.Proxy.IdleTimeout, &c.Server.IdleTimeout))
+	try(positive("proxy.max_header_bytes", f.Proxy.MaxHeaderBytes, &c.Server.MaxHeaderBytes))
+	try(duration("control.upgrade_timeout", f.Control.UpgradeTimeout, &c.Handoff.UpgradeTimeout))
+	if err != nil {
+		return nil, err
+	}
+	if c.Handoff.DrainTimeout == 0 {
+		c.Handoff.DrainTimeout = handoff.DefaultDrainTimeout
+	}
+	c.Handoff.PIDFile = under(dir, f.Control.PIDFile)
+	c.ControlSocket = under(dir, f.Control.Socket)
+	c.RunDir = under(dir, f.Control.RunDir)
+	if c.ControlSocket != "" && len(c.ControlSocket) > 107 {
+		return nil, errAt("control.socket", "%q is longer than a unix socket path may be (107 bytes)", f.Control.Socket)
+	}
+
+	switch strings.ToLower(f.Log.Level) {
+	case "", "info":
+	case "debug":
+		c.LogLevel = slog.LevelDebug
+	case "warn", "warning":
+		c.LogLevel = slog.LevelWarn
+	case "error":
+		c.LogLevel = slog.LevelError
+	default:
+		return nil, errAt("log.level", "%q: want debug, info, warn or error", f.Log.Level)
+	}
+	switch f.Log.Format {
+	case "", "text":
+	case "json":
+		c.LogFormat = "json"
+	default:
+		return nil, errAt("log.format", "%q: want text or json", f.Log.Format)
+	}
+
+	if len(f.Backend) == 0 {
+		return nil, errAt("backend", "no [[backend]] configured")
+	}
+	names := map[string]int{}
+	for i, fb := range f.Backend {
+		fb.PIDFile = under(dir, fb.PIDFile)
+		b, err := buildBackend(fb, c.Handoff.DrainTimeout)
+		if err != nil {
+			var fe *backends.FieldError
+			if errors.As(err, &fe) {
+				return nil, errAt(fmt.Sprintf("backend[%d].%s", i, fe.Key), "%v", fe.Err)
+			}
+			return nil, err
+		}
+		if j, dup := names[b.Name]; dup {
+			return nil, errAt(fmt.Sprintf("backend[%d].name", i), "duplicate backend name %q (also backend[%d])", b.Name, j)
+		}
+		names[b.Name] = i
+		c.Backends = append(c.Backends, b)
+	}
+	return c, nil
+}
+
+func buildBackend(fb fileBackend, drain time.Duration) (backends.Config, error) {
+	b := backends.Config{
+		Name: fb.Name, URL: fb.URL, HealthPath: fb.HealthPath,
+		Kind: backends.Kind(fb.Kind), PIDFile: fb.PIDFile, Restart: backends.Method(fb.Restart),
+		StartCommand: fb.StartCommand, RestartCommand: fb.RestartCommand, DrainTimeout: drain,
+	}
+	var err error
+	try := func(e error) {
+		if err == nil {
+			err = e
+		}
+	}
+	try(duration("health_interval", fb.HealthInterval, &b.HealthInterval))
+	try(duration("health_timeout", fb.HealthTimeout, &b.HealthTimeout))
+	try(positive("max_fails", fb.MaxFails, &b.MaxFails))
+	try(duration("restart_timeout", fb.RestartTimeout, &b.RestartTimeout))
+	try(duration("drain_timeout", fb.DrainTimeout, &b.DrainTimeout))
+	try(positive("max_idle_conns", fb.MaxIdleConns, &b.MaxIdleConns))
+	try(duration("idle_conn_timeout", fb.IdleConnTimeout, &b.IdleConnTimeout))
+	try(duration("dial_timeout", fb.DialTimeout, &b.DialTimeout))
+	try(duration("response_header_timeout", fb.ResponseHeaderTimeout, &b.ResponseHeaderTimeout))
+	if err != nil {
+		return b, err
+	}
+	b = b.Normalize()
+	return b, b.Validate()
+}
+
+func under(dir, p string) string {
+	if p == "" || filepath.IsAbs(p) {
+		return p
+	}
+	return filepath.Join(dir, p)
+}

@@ -1,0 +1,17 @@
+module github.com/batonproxy/baton
+
+go 1.26.0
+
+require (
+	github.com/BurntSushi/toml v1.6.0
+	github.com/cloudflare/tableflip v1.2.3
+	github.com/coreos/go-systemd/v22 v22.7.0
+	github.com/hashicorp/go-multierror v1.1.1
+	golang.org/x/net v0.62.0
+	golang.org/x/sys v0.50.0
+)
+
+require (
+	github.com/hashicorp/errwrap v1.0.0 // indirect
+	golang.org/x/text v0.43.0 // indirect
+)

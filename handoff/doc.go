@@ -1,0 +1,24 @@
+// Package handoff owns baton's listening sockets and hands them from one
+// process generation to the next with github.com/cloudflare/tableflip.
+//
+// The invariant it keeps: at any moment exactly one generation serves. It
+// accepts on every listener, its PID is in the PID file, and it alone can
+// start an upgrade. Older generations hold no listener; they only finish
+// the connections they already had, each until its own drain deadline, and
+// several of them may do so side by side. A new generation takes traffic
+// only once it has called Ready; if it fails before that (bad
+// configuration, crash, upgrade timeout), the serving one goes on as if
+// nothing happened, with its PID back in the PID file, and the error says
+// why.
+//
+// What an old generation does after Exit (Shutdown): stop accepting; let
+// the new generation go (so it can upgrade again without waiting, see
+// releaseSuccessor); answer the next request on each keep-alive connection
+// with "Connection: close" instead of closing idle connections under the
+// clients' feet; at the drain deadline close whatever is left, hijacked
+// (Upgrade) connections included.
+//
+// Signals: SIGHUP upgrades (a SIGHUP during an upgrade joins it),
+// SIGTERM and SIGINT drain and stop. The package knows nothing of HTTP
+// routing: Server takes any http.Handler.
+package handoff

@@ -1,0 +1,200 @@
+package handoff
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/net/http/httpguts"
+)
+
+// Defaults applied by Server to zero fields.
+const (
+	DefaultReadHeaderTimeout = 10 * time.Second
+	DefaultIdleTimeout       = 60 * time.Second
+	DefaultMaxHeaderBytes    = 64 << 10 // larger headers get 431
+)
+
+// Server serves HTTP on one listener and drains without racing its clients.
+// While draining, each connection's next response carries "Connection:
+// close" (so a keep-alive client learns it must reconnect from an answer,
+// not from a close it could be sending into), idle connections are closed
+// only at the drain deadline, and hijacked connections (WebSocket and other
+// Upgrade requests), which http.Server.Shutdown ignores, are closed then
+// too. Set the exported fields before Serve; it is then safe for
+// concurrent use.
+type Server struct {
+	Handler           http.Handler
+	ReadHeaderTimeout time.Duration // default DefaultReadHeaderTimeout
+	IdleTimeout       time.Duration // default DefaultIdleTimeout
+	MaxHeaderBytes    int           // default DefaultMaxHeaderBytes
+	ErrorLog          *log.Logger   // net/http's own errors; nil: standard logger
+
+	draining atomic.Bool
+	srv      *http.Server
+
+	mu       sync.Mutex
+	ln       net.Listener
+	conns    int                   // not closed, not hijacked
+	upgraded map[net.Conn]struct{} // hijacked by an Upgrade request still being served
+	idleC    chan struct{}         // closed when draining and nothing is left
+	idleOnce sync.Once
+}
+
+type connKey struct{}
+
+// Serve accepts connections on ln until StopAccepting; it returns nil then.
+func (s *Server) Serve(ln net.Listener) error {
+	s.mu.Lock()
+	if s.srv != nil {
+		s.mu.Unlock()
+		return errors.New("handoff: Server.Serve called twice")
+	}
+	s.ln = ln
+	s.upgraded = map[net.Conn]struct{}{}
+	s.idleC = make(chan struct{})
+	s.srv = &http.Server{
+		Handler:           http.HandlerFunc(s.serveHTTP),
+		ReadHeaderTimeout: orDefault(s.ReadHeaderTimeout, DefaultReadHeaderTimeout),
+		IdleTimeout:       orDefault(s.IdleTimeout, DefaultIdleTimeout),
+		MaxHeaderBytes:    s.MaxHeaderBytes,
+		ErrorLog:          s.ErrorLog,
+		ConnState:         s.connState,
+		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
+			return context.WithValue(ctx, connKey{}, c)
+		},
+	}
+	if s.srv.MaxHeaderBytes == 0 {
+		s.srv.MaxHeaderBytes = DefaultMaxHeaderBytes
+	}
+	srv := s.srv
+	s.mu.Unlock()
+	err := srv.Serve(ln)
+	if s.draining.Load() {
+		return nil
+	}
+	return err
+}
+
+func orDefault(d, def time.Duration) time.Duration {
+	if d == 0 {
+		return def
+	}
+	return d
+}
+
+func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
+	if s.draining.Load() {
+		w.Header().Set("Connection", "close")
+	}
+	if r.Header.Get("Upgrade") != "" && httpguts.HeaderValuesContainsToken(r.Header["Connection"], "upgrade") {
+		if c, ok := r.Context().Value(connKey{}).(net.Conn); ok {
+			s.mu.Lock()
+			s.upgraded[c] = struct{}{}
+			s.mu.Unlock()
+			defer func() {
+				s.mu.Lock()
+				delete(s.upgraded, c)
+				s.checkIdleLocked()
+				s.mu.Unlock()
+			}()
+		}
+	}
+	s.Handler.ServeHTTP(w, r)
+}
+
+func (s *Server) connState(c net.Conn, st http.ConnState) {
+	switch st {
+	case http.StateNew:
+		s.mu.Lock()
+		s.conns++
+		s.mu.Unlock()
+	case http.StateClosed, http.StateHijacked:
+		s.mu.Lock()
+		s.conns--
+		s.checkIdleLocked()
+		s.mu.Unlock()
+	}
+}
+
+func (s *Server) checkIdleLocked() {
+	if s.draining.Load() && s.conns <= 0 && len(s.upgraded) == 0 {
+		s.idleOnce.Do(func() { close(s.idleC) })
+	}
+}
+
+// Connections reports how many client connections are open.
+func (s *Server) Connections() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.conns + len(s.upgraded)
+}
+
+// Addr is the listener's address, or nil before Serve.
+func (s *Server) Addr() net.Addr {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ln == nil {
+		return nil
+	}
+	return s.ln.Addr()
+}
+
+// StopAccepting closes the listener (the socket stays open in any other
+// process that holds it) and starts draining.
+func (s *Server) StopAccepting() {
+	s.draining.Store(true)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ln != nil {
+		_ = s.ln.Close()
+	}
+	if s.idleC != nil {
+		s.checkIdleLocked()
+	}
+}
+
+// Drain waits until every connection has closed. When ctx ends first it
+// closes what is left, idle keep-alive and hijacked connections included,
+// and says how many.
+func (s *Server) Drain(ctx context.Context) error {
+	s.StopAccepting()
+	s.mu.Lock()
+	srv, idleC := s.srv, s.idleC
+	s.mu.Unlock()
+	if srv == nil {
+		return nil
+	}
+	select {
+	case <-idleC:
+		return nil
+	case <-ctx.Done():
+	}
+	s.mu.Lock()
+	n := s.conns + len(s.upgraded)
+	for c := range s.upgraded {
+		_ = c.Close()
+	}
+	s.mu.Unlock()
+	_ = srv.Close()
+	if n == 0 {
+		return nil
+	}
+	return &DeadlineError{Addr: s.ln.Addr().String(), Closed: n}
+}
+
+// DeadlineError reports connections closed at the drain deadline.
+type DeadlineError struct {
+	Addr   string
+	Closed int
+}
+
+func (e *DeadlineError) Error() string {
+	return fmt.Sprintf("handoff: %s: drain deadline reached, closed %d connections", e.Addr, e.Closed)
+}

@@ -1,0 +1,12 @@
+#!/bin/sh
+# Slow endpoint: sleeps ?<seconds> (default 2), then answers a body of known length
+# (64 lines of 64 bytes = 4096 bytes) so a test can check it arrived whole.
+secs=${QUERY_STRING:-2}
+case "$secs" in *[!0-9.]*|'') secs=2 ;; esac
+sleep "$secs"
+printf 'Content-Type: text/plain\r\nContent-Length: 4096\r\n\r\n'
+i=0
+while [ $i -lt 64 ]; do
+    printf '%063d\n' $i
+    i=$((i + 1))
+done
