@@ -33,8 +33,11 @@ func CheckPIDFile(path string) (int, error) { return readPID(path) }
 // readPID reads a PID file and checks that it names a live process.
 func readPID(path string) (int, error) {
 	b, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return 0, fmt.Errorf("pid file %s does not exist (is the server running?)", path)
+	}
 	if err != nil {
-		return 0, fmt.Errorf("pid file %s: %w", path, err)
+		return 0, fmt.Errorf("pid file: %w", err)
 	}
 	s := strings.TrimSpace(string(b))
 	if s == "" {

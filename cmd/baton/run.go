@@ -79,13 +79,13 @@ func cmdRun(args []string, stderr io.Writer) int {
 	log = log.With("generation", h.Generation())
 	if cfgErr != nil {
 		h.Fail(cfgErr)
-		log.Error("bad configuration; not starting", "err", cfgErr)
+		fmt.Fprintf(stderr, "baton run: %v\n", cfgErr)
 		return 1
 	}
 	inst := &instance{cfg: cfg, h: h, log: log}
 	if err := inst.start(); err != nil {
 		h.Fail(err)
-		log.Error("cannot start", "err", err)
+		fmt.Fprintf(stderr, "baton run: %v\n", err)
 		inst.abort()
 		return 1
 	}
@@ -157,7 +157,7 @@ func (i *instance) start() error {
 		if err != nil {
 			return &config.Error{File: cfg.Path, Key: "control.socket", Err: err}
 		}
-		i.ctl = &control.Server{Handler: i.handleControl, Logger: i.log}
+		i.ctl = &control.Server{Handler: i.handleControl, Logger: i.log, ReadTimeout: cfg.ControlTimeout}
 		i.bg.Add(1)
 		go func() {
 			defer i.bg.Done()

@@ -30,10 +30,13 @@ type Config struct {
 	Handoff       handoff.Options
 	Proxy         proxy.Config
 	ControlSocket string
-	RunDir        string
-	Backends      []backends.Config
-	LogLevel      slog.Level
-	LogFormat     string // text or json
+	// ControlTimeout bounds the wait for a request line on the control
+	// socket; zero means control.DefaultReadTimeout.
+	ControlTimeout time.Duration
+	RunDir         string
+	Backends       []backends.Config
+	LogLevel       slog.Level
+	LogFormat      string // text or json
 }
 
 // ServerLimits are the client-facing HTTP server's timeouts and limits;
@@ -75,6 +78,7 @@ type fileControl struct {
 	PIDFile        string `toml:"pid_file"`
 	Socket         string `toml:"socket"`
 	UpgradeTimeout string `toml:"upgrade_timeout"`
+	RequestTimeout string `toml:"request_timeout"`
 	RunDir         string `toml:"run_dir"`
 }
 
@@ -243,6 +247,7 @@ func build(f *file, dir string) (*Config, error) {
 	try(duration("proxy.idle_timeout", f.Proxy.IdleTimeout, &c.Server.IdleTimeout))
 	try(positive("proxy.max_header_bytes", f.Proxy.MaxHeaderBytes, &c.Server.MaxHeaderBytes))
 	try(duration("control.upgrade_timeout", f.Control.UpgradeTimeout, &c.Handoff.UpgradeTimeout))
+	try(duration("control.request_timeout", f.Control.RequestTimeout, &c.ControlTimeout))
 	if err != nil {
 		return nil, err
 	}
