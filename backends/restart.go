@@ -235,14 +235,23 @@ func (r *restartRun) drain() (string, error) {
 	b := r.b
 	ctx, cancel := context.WithTimeout(r.ctx, b.cfg.DrainTimeout)
 	defer cancel()
+	// Every generation closes its idle pooled connections to the backend
+	// (watchEpochs), now and once more when the drain is over.
+	atomic.AddUint64(&b.slot.epoch, 1)
+	b.closeIdle()
 	n0 := b.globalInflight()
 	err := poll(ctx, func() bool { return b.globalInflight() <= 0 })
 	if err != nil && r.ctx.Err() != nil {
 		return "", r.ctx.Err()
 	}
-	// Idle pooled connections to the old server would be stale after it.
 	atomic.AddUint64(&b.slot.epoch, 1)
 	b.closeIdle()
+	// Give the other generations' watchers time to see it.
+	select {
+	case <-time.After(3 * epochInterval):
+	case <-r.ctx.Done():
+		return "", r.ctx.Err()
+	}
 	if err != nil {
 		return fmt.Sprintf("drain_timeout %s passed with %d requests in flight; restarting anyway", b.cfg.DrainTimeout, b.globalInflight()), nil
 	}

@@ -46,6 +46,9 @@ type Set struct {
 	jobs      sync.WaitGroup // restarts owned by this process
 	jobCtx    context.Context
 	jobCancel context.CancelFunc
+
+	epochStop chan struct{} // stops watchEpochs
+	epochDone chan struct{}
 }
 
 // New builds the Set for cfgs over table, which carries the state left by
@@ -64,6 +67,7 @@ func New(cfgs []Config, table *StateTable, opts Options) (*Set, error) {
 		s.runDir = os.TempDir()
 	}
 	s.jobCtx, s.jobCancel = context.WithCancel(context.Background())
+	s.epochStop, s.epochDone = make(chan struct{}), make(chan struct{})
 	for i, c := range cfgs {
 		if err := c.Validate(); err != nil {
 			return nil, fmt.Errorf("backends: backend[%d]: %w", i, err)
@@ -79,7 +83,35 @@ func New(cfgs []Config, table *StateTable, opts Options) (*Set, error) {
 		s.backends = append(s.backends, b)
 		s.byName[c.Name] = b
 	}
+	go s.watchEpochs()
 	return s, nil
+}
+
+// epochInterval is how often every generation, draining ones included,
+// looks for backends that began a restart, to close its idle pooled
+// connections to them: an idle keep-alive connection keeps one of
+// Apache's old children busy through a graceful restart.
+const epochInterval = 10 * time.Millisecond
+
+// watchEpochs closes idle pooled connections to a backend whose restart
+// epoch moved, in every process, until Close.
+func (s *Set) watchEpochs() {
+	defer close(s.epochDone)
+	t := time.NewTicker(epochInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.epochStop:
+			return
+		case <-t.C:
+		}
+		for _, b := range s.backends {
+			if e := atomic.LoadUint64(&b.slot.epoch); e != b.seenEpoch.Load() {
+				b.seenEpoch.Store(e)
+				b.pooled.CloseIdleConnections()
+			}
+		}
+	}
 }
 
 // Backends lists the configured backends in config order.
@@ -248,6 +280,8 @@ func (s *Set) warnf(msg string, args ...any) {
 func (s *Set) Close() {
 	s.jobCancel()
 	s.jobs.Wait()
+	close(s.epochStop)
+	<-s.epochDone
 	for _, b := range s.backends {
 		b.pooled.CloseIdleConnections()
 		b.fresh.CloseIdleConnections()

@@ -1,0 +1,531 @@
+package config_test
+
+import (
+	"errors"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/batonproxy/baton/backends"
+	"github.com/batonproxy/baton/cmd/internal/config"
+	"github.com/batonproxy/baton/handoff"
+	"github.com/batonproxy/baton/proxy"
+)
+
+const (
+	name = "baton.toml"
+	abs  = "/etc/baton/baton.toml"
+)
+
+const listen = `[proxy]
+listen = ["127.0.0.1:8080"]
+`
+
+const backendA = `[[backend]]
+name = "a"
+url = "http://127.0.0.1:8081"
+`
+
+// defaultBackend is a backend as Normalize leaves it, with the drain
+// timeout the proxy's.
+func defaultBackend(name, url string, drain time.Duration) backends.Config {
+	return backends.Config{
+		Name:                  name,
+		URL:                   url,
+		HealthPath:            "/",
+		HealthInterval:        backends.DefaultHealthInterval,
+		HealthTimeout:         backends.DefaultHealthTimeout,
+		MaxFails:              backends.DefaultMaxFails,
+		Kind:                  backends.KindNone,
+		RestartTimeout:        backends.DefaultRestartTimeout,
+		DrainTimeout:          drain,
+		MaxIdleConns:          backends.DefaultMaxIdleConns,
+		IdleConnTimeout:       backends.DefaultIdleConnTimeout,
+		DialTimeout:           backends.DefaultDialTimeout,
+		ResponseHeaderTimeout: backends.DefaultResponseHeaderTimeout,
+	}
+}
+
+const full = `
+[proxy]
+listen = ["127.0.0.1:8080", "[::1]:8080", ":8443", "localhost:9000"]
+drain_timeout = "45s"
+hold_timeout = "5s"
+max_held = 100
+max_attempts = 3
+read_header_timeout = "2s"
+idle_timeout = "90s"
+max_header_bytes = 8192
+
+[control]
+pid_file = "run/baton.pid"
+socket = "/run/baton/ctl.sock"
+upgrade_timeout = "20s"
+request_timeout = "3s"
+run_dir = "state"
+
+[log]
+level = "debug"
+format = "json"
+
+[[backend]]
+name = "apache"
+url = "http://127.0.0.1:8081"
+health_path = "/health"
+health_interval = "500ms"
+health_timeout = "1s"
+max_fails = 3
+kind = "apache"
+pid_file = "apache.pid"
+restart = "stop-start"
+start_command = ["apache2ctl", "start"]
+restart_timeout = "2m"
+drain_timeout = "10s"
+max_idle_conns = 64
+idle_conn_timeout = "3s"
+dial_timeout = "1500ms"
+response_header_timeout = "30s"
+
+[[backend]]
+name = "lighty"
+url = "http://127.0.0.1:8082/"
+kind = "lighttpd"
+pid_file = "/run/lighttpd.pid"
+
+[[backend]]
+name = "cmd.v2_x-1"
+url = "http://localhost:8083"
+kind = "command"
+restart_command = ["systemctl", "reload", "thing"]
+`
+
+func fullWant() *config.Config {
+	apache := defaultBackend("apache", "http://127.0.0.1:8081", 10*time.Second)
+	apache.HealthPath = "/health"
+	apache.HealthInterval = 500 * time.Millisecond
+	apache.HealthTimeout = time.Second
+	apache.MaxFails = 3
+	apache.Kind = backends.KindApache
+	apache.PIDFile = "/etc/baton/apache.pid"
+	apache.Restart = backends.MethodStopStart
+	apache.StartCommand = []string{"apache2ctl", "start"}
+	apache.RestartTimeout = 2 * time.Minute
+	apache.MaxIdleConns = 64
+	apache.IdleConnTimeout = 3 * time.Second
+	apache.DialTimeout = 1500 * time.Millisecond
+	apache.ResponseHeaderTimeout = 30 * time.Second
+
+	lighty := defaultBackend("lighty", "http://127.0.0.1:8082/", 45*time.Second)
+	lighty.Kind = backends.KindLighttpd
+	lighty.PIDFile = "/run/lighttpd.pid"
+	lighty.Restart = backends.MethodGraceful
+
+	cmd := defaultBackend("cmd.v2_x-1", "http://localhost:8083", 45*time.Second)
+	cmd.Kind = backends.KindCommand
+	cmd.Restart = backends.MethodCommand
+	cmd.RestartCommand = []string{"systemctl", "reload", "thing"}
+
+	return &config.Config{
+		Path:   abs,
+		Listen: []string{"127.0.0.1:8080", "[::1]:8080", ":8443", "localhost:9000"},
+		Server: config.ServerLimits{
+			ReadHeaderTimeout: 2 * time.Second,
+			IdleTimeout:       90 * time.Second,
+			MaxHeaderBytes:    8192,
+		},
+		Handoff: handoff.Options{
+			PIDFile:        "/etc/baton/run/baton.pid",
+			UpgradeTimeout: 20 * time.Second,
+			DrainTimeout:   45 * time.Second,
+		},
+		Proxy:          proxy.Config{HoldTimeout: 5 * time.Second, MaxHeld: 100, MaxAttempts: 3},
+		ControlSocket:  "/run/baton/ctl.sock",
+		ControlTimeout: 3 * time.Second,
+		RunDir:         "/etc/baton/state",
+		Backends:       []backends.Config{apache, lighty, cmd},
+		LogLevel:       slog.LevelDebug,
+		LogFormat:      "json",
+	}
+}
+
+func minimalWant() *config.Config {
+	return &config.Config{
+		Path:      abs,
+		Listen:    []string{"127.0.0.1:8080"},
+		Handoff:   handoff.Options{DrainTimeout: handoff.DefaultDrainTimeout},
+		Backends:  []backends.Config{defaultBackend("a", "http://127.0.0.1:8081", handoff.DefaultDrainTimeout)},
+		LogLevel:  slog.LevelInfo,
+		LogFormat: "text",
+	}
+}
+
+func TestParseValid(t *testing.T) {
+	tests := []struct {
+		name string
+		abs  string // default abs
+		text string
+		want func() *config.Config
+	}{
+		{name: "minimal", text: listen + backendA, want: minimalWant},
+		{name: "every key", text: full, want: fullWant},
+		{
+			name: "relative paths against the file's directory",
+			abs:  "/srv/baton/conf/baton.toml",
+			text: listen + `
+[control]
+pid_file = "../run/baton.pid"
+socket = "ctl.sock"
+run_dir = "."
+` + backendA + `kind = "apache"
+pid_file = "apache/httpd.pid"
+`,
+			want: func() *config.Config {
+				c := minimalWant()
+				c.Path = "/srv/baton/conf/baton.toml"
+				c.Handoff.PIDFile = "/srv/baton/run/baton.pid"
+				c.ControlSocket = "/srv/baton/conf/ctl.sock"
+				c.RunDir = "/srv/baton/conf"
+				c.Backends[0].Kind = backends.KindApache
+				c.Backends[0].Restart = backends.MethodGraceful
+				c.Backends[0].PIDFile = "/srv/baton/conf/apache/httpd.pid"
+				return c
+			},
+		},
+		{
+			name: "proxy drain timeout is the backends' default",
+			text: `[proxy]
+listen = ["127.0.0.1:8080"]
+drain_timeout = "7s"
+` + backendA + `
+[[backend]]
+name = "b"
+url = "http://127.0.0.1:8082"
+drain_timeout = "0s"
+`,
+			want: func() *config.Config {
+				c := minimalWant()
+				c.Handoff.DrainTimeout = 7 * time.Second
+				c.Backends[0].DrainTimeout = 7 * time.Second
+				// "0s" is the zero value: Normalize's default, not the proxy's.
+				c.Backends = append(c.Backends, defaultBackend("b", "http://127.0.0.1:8082", backends.DefaultDrainTimeout))
+				return c
+			},
+		},
+		{
+			name: "zero proxy drain timeout means the default",
+			text: `[proxy]
+listen = ["127.0.0.1:8080"]
+drain_timeout = "0s"
+` + backendA,
+			want: minimalWant,
+		},
+		{
+			name: "kind none restarts by nothing",
+			text: listen + backendA + `kind = "none"
+`,
+			want: minimalWant,
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			a := tt.abs
+			if a == "" {
+				a = abs
+			}
+			got, err := config.Parse(name, a, tt.text)
+			if err != nil {
+				t.Fatalf("Parse: got error %v, want none", err)
+			}
+			want := tt.want()
+			if !reflect.DeepEqual(got, want) {
+				t.Errorf("Parse:\n got %+v\nwant %+v", got, want)
+				if len(got.Backends) == len(want.Backends) {
+					for i := range got.Backends {
+						if !reflect.DeepEqual(got.Backends[i], want.Backends[i]) {
+							t.Errorf("backend[%d]:\n got %+v\nwant %+v", i, got.Backends[i], want.Backends[i])
+						}
+					}
+				}
+			}
+		})
+	}
+}
+
+func TestParseLogLevel(t *testing.T) {
+	tests := []struct {
+		level string
+		want  slog.Level
+	}{
+		{"", slog.LevelInfo},
+		{"info", slog.LevelInfo},
+		{"debug", slog.LevelDebug},
+		{"warn", slog.LevelWarn},
+		{"warning", slog.LevelWarn},
+		{"WARNING", slog.LevelWarn},
+		{"error", slog.LevelError},
+		{"Error", slog.LevelError},
+	}
+	for _, tt := range tests {
+		t.Run(tt.level, func(t *testing.T) {
+			text := listen + "[log]\nlevel = \"" + tt.level + "\"\n" + backendA
+			got, err := config.Parse(name, abs, text)
+			if err != nil {
+				t.Fatalf("Parse: got error %v, want none", err)
+			}
+			if got.LogLevel != tt.want {
+				t.Errorf("LogLevel: got %v, want %v", got.LogLevel, tt.want)
+			}
+		})
+	}
+}
+
+func TestParseInvalid(t *testing.T) {
+	tests := []struct {
+		name string
+		text string
+		want string // the error contains this
+		key  string // config.Error.Key
+	}{
+		{
+			name: "unknown key",
+			text: listen + "bogus = 1\n" + backendA,
+			want: "baton.toml: proxy.bogus: unknown key", key: "proxy.bogus",
+		},
+		{
+			name: "unknown keys in a backend",
+			text: listen + backendA + "colour = \"red\"\nshade = 2\n",
+			want: "baton.toml: backend.colour: unknown key (also: backend.shade)", key: "backend.colour",
+		},
+		{
+			name: "wrong type",
+			text: listen + "max_held = \"many\"\n" + backendA,
+			want: "baton.toml:3: proxy.max_held: incompatible types", key: "proxy.max_held",
+		},
+		{
+			name: "syntax error",
+			text: "[proxy\n",
+			want: "baton.toml:2: ",
+		},
+		{
+			name: "bad duration",
+			text: listen + "drain_timeout = \"soon\"\n" + backendA,
+			want: `baton.toml: proxy.drain_timeout: "soon" is not a duration`, key: "proxy.drain_timeout",
+		},
+		{
+			name: "duration without unit",
+			text: listen + "hold_timeout = \"30\"\n" + backendA,
+			want: `baton.toml: proxy.hold_timeout: "30" is not a duration`, key: "proxy.hold_timeout",
+		},
+		{
+			name: "negative duration",
+			text: listen + "hold_timeout = \"-1s\"\n" + backendA,
+			want: `baton.toml: proxy.hold_timeout: "-1s" must not be negative`, key: "proxy.hold_timeout",
+		},
+		{
+			name: "negative control duration",
+			text: listen + "[control]\nupgrade_timeout = \"-2m\"\n" + backendA,
+			want: `baton.toml: control.upgrade_timeout: "-2m" must not be negative`, key: "control.upgrade_timeout",
+		},
+		{
+			name: "negative backend duration",
+			text: listen + backendA + "dial_timeout = \"-5s\"\n",
+			want: `baton.toml: backend[0].dial_timeout: "-5s" must not be negative`, key: "backend[0].dial_timeout",
+		},
+		{
+			name: "bad backend duration",
+			text: listen + backendA + "health_interval = \"often\"\n",
+			want: `baton.toml: backend[0].health_interval: "often" is not a duration`, key: "backend[0].health_interval",
+		},
+		{
+			name: "zero max_held",
+			text: listen + "max_held = 0\n" + backendA,
+			want: "baton.toml: proxy.max_held: must be positive, got 0", key: "proxy.max_held",
+		},
+		{
+			name: "negative max_fails",
+			text: listen + backendA + "max_fails = -1\n",
+			want: "baton.toml: backend[0].max_fails: must be positive, got -1", key: "backend[0].max_fails",
+		},
+		{
+			name: "bad URL scheme",
+			text: listen + "[[backend]]\nname = \"a\"\nurl = \"https://127.0.0.1:8081\"\n",
+			want: `baton.toml: backend[0].url: "https://127.0.0.1:8081": scheme must be http`, key: "backend[0].url",
+		},
+		{
+			name: "URL without port",
+			text: listen + "[[backend]]\nname = \"a\"\nurl = \"http://127.0.0.1\"\n",
+			want: `baton.toml: backend[0].url: "http://127.0.0.1": want http://host:port`, key: "backend[0].url",
+		},
+		{
+			name: "URL with a path",
+			text: listen + "[[backend]]\nname = \"a\"\nurl = \"http://127.0.0.1:8081/app\"\n",
+			want: `baton.toml: backend[0].url: "http://127.0.0.1:8081/app": only scheme, host and port are allowed`, key: "backend[0].url",
+		},
+		{
+			name: "missing URL",
+			text: listen + "[[backend]]\nname = \"a\"\n",
+			want: "baton.toml: backend[0].url: missing", key: "backend[0].url",
+		},
+		{
+			name: "bad backend name",
+			text: listen + "[[backend]]\nname = \"a b\"\nurl = \"http://127.0.0.1:8081\"\n",
+			want: `baton.toml: backend[0].name: "a b" must be 1 to 64`, key: "backend[0].name",
+		},
+		{
+			name: "duplicate backend name",
+			text: listen + backendA + backendA,
+			want: `baton.toml: backend[1].name: duplicate backend name "a" (also backend[0])`, key: "backend[1].name",
+		},
+		{
+			name: "error in the second backend",
+			text: listen + backendA + "[[backend]]\nname = \"b\"\nurl = \"ftp://127.0.0.1:21\"\n",
+			want: `baton.toml: backend[1].url: "ftp://127.0.0.1:21": scheme must be http`, key: "backend[1].url",
+		},
+		{
+			name: "no backend",
+			text: listen,
+			want: "baton.toml: backend: no [[backend]] configured", key: "backend",
+		},
+		{
+			name: "no listener",
+			text: "[proxy]\n" + backendA,
+			want: "baton.toml: proxy.listen: no listen address", key: "proxy.listen",
+		},
+		{
+			name: "empty listen list",
+			text: "[proxy]\nlisten = []\n" + backendA,
+			want: "baton.toml: proxy.listen: no listen address", key: "proxy.listen",
+		},
+		{
+			name: "duplicate listen address",
+			text: "[proxy]\nlisten = [\"127.0.0.1:8080\", \"127.0.0.1:8080\"]\n" + backendA,
+			want: `baton.toml: proxy.listen[1]: "127.0.0.1:8080" listed twice`, key: "proxy.listen[1]",
+		},
+		{
+			name: "listen address without port",
+			text: "[proxy]\nlisten = [\"127.0.0.1\"]\n" + backendA,
+			want: `baton.toml: proxy.listen[0]: "127.0.0.1": address 127.0.0.1: missing port in address`, key: "proxy.listen[0]",
+		},
+		{
+			name: "listen port out of range",
+			text: "[proxy]\nlisten = [\"127.0.0.1:8080\", \"127.0.0.1:70000\"]\n" + backendA,
+			want: `baton.toml: proxy.listen[1]: "127.0.0.1:70000": bad port`, key: "proxy.listen[1]",
+		},
+		{
+			name: "listen host name",
+			text: "[proxy]\nlisten = [\"example.com:80\"]\n" + backendA,
+			want: `baton.toml: proxy.listen[0]: "example.com:80": host must be an IP address`, key: "proxy.listen[0]",
+		},
+		{
+			name: "unknown kind",
+			text: listen + backendA + "kind = \"nginx\"\n",
+			want: `baton.toml: backend[0].kind: unknown kind "nginx"`, key: "backend[0].kind",
+		},
+		{
+			name: "kind command restarted by signal",
+			text: listen + backendA + "kind = \"command\"\nrestart = \"graceful\"\nrestart_command = [\"true\"]\n",
+			want: `baton.toml: backend[0].restart: kind command cannot restart by "graceful" (want command)`, key: "backend[0].restart",
+		},
+		{
+			name: "unknown restart method",
+			text: listen + backendA + "kind = \"apache\"\npid_file = \"a.pid\"\nrestart = \"bounce\"\n",
+			want: `baton.toml: backend[0].restart: kind apache cannot restart by "bounce" (want graceful or stop-start or command)`, key: "backend[0].restart",
+		},
+		{
+			name: "kind none with a restart method",
+			text: listen + backendA + "restart = \"graceful\"\n",
+			want: `baton.toml: backend[0].restart: kind none cannot be restarted`, key: "backend[0].restart",
+		},
+		{
+			name: "missing pid_file",
+			text: listen + backendA + "kind = \"apache\"\n",
+			want: "baton.toml: backend[0].pid_file: required for kind apache restart graceful", key: "backend[0].pid_file",
+		},
+		{
+			name: "missing start_command",
+			text: listen + backendA + "kind = \"lighttpd\"\npid_file = \"l.pid\"\nrestart = \"stop-start\"\n",
+			want: "baton.toml: backend[0].start_command: required for restart stop-start", key: "backend[0].start_command",
+		},
+		{
+			name: "start_command without stop-start",
+			text: listen + backendA + "kind = \"lighttpd\"\npid_file = \"l.pid\"\nstart_command = [\"lighttpd\"]\n",
+			want: "baton.toml: backend[0].start_command: only used by restart stop-start, not graceful", key: "backend[0].start_command",
+		},
+		{
+			name: "missing restart_command",
+			text: listen + backendA + "kind = \"command\"\n",
+			want: "baton.toml: backend[0].restart_command: required for restart command (kind command)", key: "backend[0].restart_command",
+		},
+		{
+			name: "log level",
+			text: listen + "[log]\nlevel = \"loud\"\n" + backendA,
+			want: `baton.toml: log.level: "loud": want debug, info, warn or error`, key: "log.level",
+		},
+		{
+			name: "log format",
+			text: listen + "[log]\nformat = \"xml\"\n" + backendA,
+			want: `baton.toml: log.format: "xml": want text or json`, key: "log.format",
+		},
+		{
+			name: "control socket path too long",
+			text: listen + "[control]\nsocket = \"/" + strings.Repeat("s", 107) + "\"\n" + backendA,
+			want: "baton.toml: control.socket: ", key: "control.socket",
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := config.Parse(name, abs, tt.text)
+			if err == nil {
+				t.Fatalf("Parse: got %+v, want an error containing %q", got, tt.want)
+			}
+			if got != nil {
+				t.Errorf("Parse: got config %+v with the error, want nil", got)
+			}
+			if !strings.Contains(err.Error(), tt.want) {
+				t.Errorf("error: got %q, want it to contain %q", err, tt.want)
+			}
+			var ce *config.Error
+			if !errors.As(err, &ce) {
+				t.Fatalf("error: got %T, want *config.Error", err)
+			}
+			if ce.Key != tt.key {
+				t.Errorf("Error.Key: got %q, want %q", ce.Key, tt.key)
+			}
+			if !strings.HasPrefix(ce.File, name) {
+				t.Errorf("Error.File: got %q, want it to start with %q", ce.File, name)
+			}
+		})
+	}
+}
+
+func TestLoad(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "baton.toml")
+	text := listen + "[control]\npid_file = \"baton.pid\"\n" + backendA
+	if err := os.WriteFile(path, []byte(text), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	got, err := config.Load(path)
+	if err != nil {
+		t.Fatalf("Load: %v", err)
+	}
+	if got.Path != path {
+		t.Errorf("Path: got %q, want %q", got.Path, path)
+	}
+	if want := filepath.Join(dir, "baton.pid"); got.Handoff.PIDFile != want {
+		t.Errorf("Handoff.PIDFile: got %q, want %q", got.Handoff.PIDFile, want)
+	}
+
+	missing := filepath.Join(dir, "nope.toml")
+	_, err = config.Load(missing)
+	if err == nil {
+		t.Fatal("Load of a missing file: got no error")
+	}
+	if want := missing + ": no such file or directory"; err.Error() != want {
+		t.Errorf("error: got %q, want %q", err, want)
+	}
+}
