@@ -40,5 +40,16 @@ vet:
 test: deps vet
 	$(GO) test $(GOFLAGS_TEST) ./...
 
+# The main job: baton in front of real Apache and lighttpd, upgraded and
+# restarted under load for 30 s; prints the summary and writes
+# soak-report.html.
+demo: deps build
+	$(GO) run ./cmd/demo -baton $(BIN)
+
+# Side-by-side throughput and latency of direct access, baton, HAProxy and
+# nginx on one nginx backend, plus upgrade timings; writes BENCHMARKS.md.
+bench: deps-bench build
+	$(GO) run ./cmd/bench -baton $(BIN) -out BENCHMARKS.md
+
 clean:
 	rm -rf bin

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 	"sync/atomic"
 	"time"
 	"unsafe"
@@ -151,13 +152,16 @@ func NewStateTable() (*StateTable, error) {
 func OpenStateTable(f *os.File) (*StateTable, error) {
 	fi, err := f.Stat()
 	if err != nil {
+		f.Close()
 		return nil, fmt.Errorf("backends: state table: %w", err)
 	}
 	if fi.Size() != stateSize {
+		f.Close()
 		return nil, fmt.Errorf("backends: state table: size %d, want %d", fi.Size(), stateSize)
 	}
 	t, err := mapState(f)
 	if err != nil {
+		f.Close()
 		return nil, err
 	}
 	if m, v := atomic.LoadUint64(&t.hdr.magic), atomic.LoadUint64(&t.hdr.version); m != stateMagic || v != stateVersion {
@@ -245,7 +249,7 @@ func (s *stateSlot) update(f func(stateWord) stateWord) (old, new stateWord) {
 
 func (s *stateSlot) setResult(ok bool, dur time.Duration, reason string) {
 	if len(reason) > maxReasonLen {
-		reason = reason[:maxReasonLen-3] + "..."
+		reason = strings.ToValidUTF8(reason[:maxReasonLen-3], "") + "..."
 	}
 	// Only the restart's owner writes a result, so writers never overlap.
 	atomic.AddUint64(&s.lastSeq, 1)

@@ -1,6 +1,7 @@
 package handoff
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -41,9 +42,9 @@ type Server struct {
 
 	mu       sync.Mutex
 	ln       net.Listener
-	conns    int                   // not closed, not hijacked
-	upgraded map[net.Conn]struct{} // hijacked by an Upgrade request still being served
-	idleC    chan struct{}         // closed when draining and nothing is left
+	conns    int               // open, or hijacked by an Upgrade request still being served
+	upgraded map[net.Conn]bool // Upgrade requests being served; true once hijacked
+	idleC    chan struct{}     // closed when draining and nothing is left
 	idleOnce sync.Once
 }
 
@@ -57,7 +58,7 @@ func (s *Server) Serve(ln net.Listener) error {
 		return errors.New("handoff: Server.Serve called twice")
 	}
 	s.ln = ln
-	s.upgraded = map[net.Conn]struct{}{}
+	s.upgraded = map[net.Conn]bool{}
 	s.idleC = make(chan struct{})
 	s.srv = &http.Server{
 		Handler:           http.HandlerFunc(s.serveHTTP),
@@ -90,23 +91,74 @@ func orDefault(d, def time.Duration) time.Duration {
 }
 
 func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
-	if s.draining.Load() {
-		w.Header().Set("Connection", "close")
-	}
+	dw := drainWriters.Get().(*drainWriter)
+	dw.ResponseWriter, dw.s, dw.wrote = w, s, false
+	defer func() {
+		dw.ResponseWriter, dw.s = nil, nil
+		drainWriters.Put(dw)
+	}()
 	if r.Header.Get("Upgrade") != "" && httpguts.HeaderValuesContainsToken(r.Header["Connection"], "upgrade") {
 		if c, ok := r.Context().Value(connKey{}).(net.Conn); ok {
 			s.mu.Lock()
-			s.upgraded[c] = struct{}{}
+			s.upgraded[c] = false
 			s.mu.Unlock()
 			defer func() {
 				s.mu.Lock()
+				if s.upgraded[c] {
+					// Hijacked: connState left it counted until now.
+					s.conns--
+				}
 				delete(s.upgraded, c)
 				s.checkIdleLocked()
 				s.mu.Unlock()
 			}()
 		}
 	}
-	s.Handler.ServeHTTP(w, r)
+	s.Handler.ServeHTTP(dw, r)
+}
+
+// drainWriter adds "Connection: close" to a response whose header is
+// written while the server drains, so the response in flight when draining
+// starts closes its connection too. It is pooled: one per request in flight.
+type drainWriter struct {
+	http.ResponseWriter
+	s     *Server
+	wrote bool
+}
+
+var drainWriters = sync.Pool{New: func() any { return new(drainWriter) }}
+
+func (w *drainWriter) WriteHeader(code int) {
+	if !w.wrote {
+		w.wrote = true
+		if w.s.draining.Load() && code >= 200 {
+			w.ResponseWriter.Header().Set("Connection", "close")
+		}
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *drainWriter) Write(p []byte) (int, error) {
+	if !w.wrote {
+		w.WriteHeader(http.StatusOK)
+	}
+	return w.ResponseWriter.Write(p)
+}
+
+// Unwrap lets http.ResponseController reach the connection's writer.
+func (w *drainWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// Flush implements http.Flusher for handlers that assert it.
+func (w *drainWriter) Flush() {
+	if !w.wrote {
+		w.WriteHeader(http.StatusOK)
+	}
+	_ = http.NewResponseController(w.ResponseWriter).Flush()
+}
+
+// Hijack implements http.Hijacker for handlers that assert it.
+func (w *drainWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	return http.NewResponseController(w.ResponseWriter).Hijack()
 }
 
 func (s *Server) connState(c net.Conn, st http.ConnState) {
@@ -115,7 +167,18 @@ func (s *Server) connState(c net.Conn, st http.ConnState) {
 		s.mu.Lock()
 		s.conns++
 		s.mu.Unlock()
-	case http.StateClosed, http.StateHijacked:
+	case http.StateHijacked:
+		s.mu.Lock()
+		if _, ok := s.upgraded[c]; ok {
+			// Counted until its handler returns, then closed at the
+			// deadline if it has not.
+			s.upgraded[c] = true
+		} else {
+			s.conns--
+			s.checkIdleLocked()
+		}
+		s.mu.Unlock()
+	case http.StateClosed:
 		s.mu.Lock()
 		s.conns--
 		s.checkIdleLocked()
@@ -124,7 +187,7 @@ func (s *Server) connState(c net.Conn, st http.ConnState) {
 }
 
 func (s *Server) checkIdleLocked() {
-	if s.draining.Load() && s.conns <= 0 && len(s.upgraded) == 0 {
+	if s.draining.Load() && s.conns <= 0 {
 		s.idleOnce.Do(func() { close(s.idleC) })
 	}
 }
@@ -133,7 +196,7 @@ func (s *Server) checkIdleLocked() {
 func (s *Server) Connections() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.conns + len(s.upgraded)
+	return s.conns
 }
 
 // Addr is the listener's address, or nil before Serve.
@@ -177,9 +240,11 @@ func (s *Server) Drain(ctx context.Context) error {
 	case <-ctx.Done():
 	}
 	s.mu.Lock()
-	n := s.conns + len(s.upgraded)
-	for c := range s.upgraded {
-		_ = c.Close()
+	n := s.conns
+	for c, hijacked := range s.upgraded {
+		if hijacked {
+			_ = c.Close()
+		}
 	}
 	s.mu.Unlock()
 	_ = srv.Close()

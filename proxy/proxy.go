@@ -124,8 +124,10 @@ func (rt roundTripper) RoundTrip(req *http.Request) (*http.Response, error) {
 }
 
 // replayable reports whether a request may be sent again after a failure
-// that could have happened after the server read it: idempotent methods
-// without a body (RFC 9110 9.2.2), or an explicit idempotency key.
+// that could have happened after the server read it: GET, HEAD, OPTIONS
+// and TRACE without a body, or any request with an idempotency key, the
+// rule of Go's own http.Transport. PUT and DELETE are idempotent by RFC
+// 9110 but are not replayed: legacy applications often break that rule.
 func replayable(req *http.Request) bool {
 	if req.Body != nil && req.Body != http.NoBody {
 		return false
