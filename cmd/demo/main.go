@@ -30,7 +30,7 @@ func main() {
 func run() int {
 	baton := flag.String("baton", "bin/baton", "the baton `binary`")
 	duration := flag.Duration("duration", 30*time.Second, "how long the soak runs")
-	rate := flag.Int("rate", 300, "requests per second")
+	rate := flag.Int("rate", 200, "requests per second (1 in 11 a POST to a CGI script)")
 	report := flag.String("report", "soak-report.html", "where to write the HTML report")
 	figures := flag.String("json", "soak.json", "where to write the raw figures")
 	keep := flag.Bool("keep", false, "keep the temporary directory (configs, logs)")
@@ -72,8 +72,15 @@ func run() int {
 		return 1
 	}
 	base := "http://" + d.addr
-	t := fmt.Sprintf("GET %[1]s/small.txt\n\nGET %[1]s/index.html\n\nGET %[1]s/16k.bin\n\nPOST %[1]s/cgi-bin/post.sh\nContent-Type: text/plain\nX-Request-Id: demo\n@%[2]s\n", base, body)
-	if err := os.WriteFile(targets, []byte(t), 0o644); err != nil {
+	// Mostly static GETs; every 11th request a POST to a CGI script (a
+	// fork and a shell per request: the two-core box this was sized on does
+	// a few dozen a second before queues, and latency, build up).
+	var t strings.Builder
+	for _, p := range []string{"small.txt", "index.html", "small.txt", "16k.bin", "small.txt", "index.html", "small.txt", "16k.bin", "small.txt", "small.txt"} {
+		fmt.Fprintf(&t, "GET %s/%s\n\n", base, p)
+	}
+	fmt.Fprintf(&t, "POST %s/cgi-bin/post.sh\nContent-Type: text/plain\nX-Request-Id: demo\n@%s\n", base, body)
+	if err := os.WriteFile(targets, []byte(t.String()), 0o644); err != nil {
 		fmt.Fprintln(os.Stderr, "demo:", err)
 		return 1
 	}
@@ -132,7 +139,7 @@ func (d *demo) start(ctx context.Context) error {
 	cfg := fmt.Sprintf(`# written by make demo
 [proxy]
 listen = ["127.0.0.1:0"]
-drain_timeout = "10s"
+drain_timeout = "30s"
 hold_timeout = "30s"
 
 [control]

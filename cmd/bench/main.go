@@ -1,0 +1,179 @@
+// Command bench compares baton with HAProxy and nginx as reverse proxies in
+// front of one nginx backend, and measures baton's upgrades under load.
+//
+//	go run ./cmd/bench -baton bin/baton [-duration 10s] [-rounds 3] [-out BENCHMARKS.md] [-quick]
+//
+// It needs wrk, haproxy and nginx (Debian: wrk haproxy nginx-light). Every
+// server runs on a free loopback port with its configuration, logs and PID
+// files in a temporary directory that is removed at the end; nothing
+// system-wide is touched. Each wrk run lasts -duration; the matrix is
+// 4 setups x 2 files x 2 connection counts x -rounds runs, so its wall time
+// is about 16 x rounds x duration, plus roughly a minute of upgrade tests.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+)
+
+// options are the command-line flags.
+type options struct {
+	baton    string        // absolute path of the baton binary
+	duration time.Duration // of each wrk run in the matrix
+	rounds   int
+	out      string
+	quick    bool
+}
+
+// tools are the absolute paths of the external programs used.
+type tools struct {
+	wrk, haproxy, nginx string
+}
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	opts, err := parseFlags(args, stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return 2
+	}
+	tl, err := findTools()
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return 1
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	code := runBench(ctx, opts, tl, stdout, stderr)
+	if ctx.Err() != nil {
+		fmt.Fprintln(stderr, "bench: interrupted; everything started was stopped")
+		return 130
+	}
+	return code
+}
+
+// runBench starts the servers, measures, reports, and stops everything it
+// started whatever happens.
+func runBench(ctx context.Context, opts options, tl tools, stdout, stderr io.Writer) int {
+	started := time.Now()
+	b, err := newBench(opts, tl, stderr)
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return 1
+	}
+	defer b.close()
+
+	if err := b.startAll(ctx); err != nil {
+		fmt.Fprintln(stderr, err)
+		return 1
+	}
+	matrix, err := b.measureMatrix(ctx)
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return 1
+	}
+	upg := b.measureUpgrades(ctx)
+	if ctx.Err() != nil {
+		return 1
+	}
+	logs := b.batonLogSummary()
+	info := collectMachineInfo(ctx, tl, opts.baton)
+	md := renderReport(info, opts, matrix, upg, logs, time.Since(started))
+
+	fmt.Fprint(stdout, md)
+	code := 0
+	if opts.out != "" {
+		if err := os.WriteFile(opts.out, []byte(md), 0o644); err != nil {
+			fmt.Fprintf(stderr, "bench: write report: %v\n", err)
+			code = 1
+		}
+	}
+	if matrix.failed() || upg.failed() {
+		fmt.Fprintln(stderr, "bench: some measurements failed; see the report")
+		code = 1
+	}
+	fmt.Fprintf(stderr, "bench: done in %s\n", time.Since(started).Round(time.Second))
+	return code
+}
+
+func parseFlags(args []string, stderr io.Writer) (options, error) {
+	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var o options
+	fs.StringVar(&o.baton, "baton", "", "baton `binary` to benchmark (required), e.g. bin/baton")
+	fs.DurationVar(&o.duration, "duration", 10*time.Second, "length of each wrk run (whole seconds)")
+	fs.IntVar(&o.rounds, "rounds", 3, "rounds over all setups; the report gives medians")
+	fs.StringVar(&o.out, "out", "", "also write the Markdown report to this `file`")
+	fs.BoolVar(&o.quick, "quick", false, "smoke run: -duration 3s -rounds 1")
+	if err := fs.Parse(args); err != nil {
+		return o, err
+	}
+	if fs.NArg() > 0 {
+		return o, fmt.Errorf("bench: unexpected arguments %q", fs.Args())
+	}
+	if o.quick {
+		o.duration, o.rounds = 3*time.Second, 1
+	}
+	if o.baton == "" {
+		return o, errors.New("bench: -baton PATH is required (build it: go build -o bin/baton ./cmd/baton)")
+	}
+	abs, err := filepath.Abs(o.baton)
+	if err != nil {
+		return o, fmt.Errorf("bench: -baton: %w", err)
+	}
+	if fi, err := os.Stat(abs); err != nil {
+		return o, fmt.Errorf("bench: -baton: %w", err)
+	} else if fi.IsDir() || fi.Mode()&0o111 == 0 {
+		return o, fmt.Errorf("bench: -baton: %s is not an executable file", abs)
+	}
+	o.baton = abs
+	o.duration = o.duration.Round(time.Second)
+	if o.duration < time.Second {
+		return o, errors.New("bench: -duration must be at least 1s (wrk counts whole seconds)")
+	}
+	if o.rounds < 1 {
+		return o, errors.New("bench: -rounds must be at least 1")
+	}
+	return o, nil
+}
+
+// findTools looks the external programs up in PATH and then in /usr/sbin,
+// where Debian puts nginx and haproxy.
+func findTools() (tools, error) {
+	var t tools
+	for _, x := range []struct {
+		name string
+		dst  *string
+		pkg  string
+	}{
+		{"wrk", &t.wrk, "wrk"},
+		{"haproxy", &t.haproxy, "haproxy"},
+		{"nginx", &t.nginx, "nginx-light"},
+	} {
+		p, err := exec.LookPath(x.name)
+		if err != nil {
+			p, err = exec.LookPath(filepath.Join("/usr/sbin", x.name))
+		}
+		if err != nil {
+			return t, fmt.Errorf("bench: %s not found (apt-get install %s): %w", x.name, x.pkg, err)
+		}
+		*x.dst = p
+	}
+	return t, nil
+}

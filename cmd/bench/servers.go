@@ -1,0 +1,421 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"text/template"
+	"time"
+)
+
+// The files the backend serves, and their sizes.
+var files = []struct {
+	name string
+	size int
+}{
+	{"small.txt", 100},
+	{"16k.bin", 16384},
+}
+
+// Setup names, in the order they are measured in each round.
+const (
+	setupDirect  = "direct"
+	setupBaton   = "baton"
+	setupHAProxy = "haproxy"
+	setupNginx   = "nginx"
+)
+
+// setup is one way of reaching the backend: directly or through a proxy.
+type setup struct {
+	name string
+	addr string // host:port wrk connects to
+	proc *proc  // the proxy; nil for direct
+}
+
+// bench owns the temporary directory and every server started in it.
+type bench struct {
+	opts   options
+	tools  tools
+	dir    string
+	log    io.Writer // progress
+	procs  []*proc   // in start order
+	setups []*setup  // direct, baton, haproxy, nginx
+
+	backendAddr string
+	batonConfig string
+	batonPID    string // PID file
+	batonSocket string
+	batonLog    string
+	haproxyLog  string
+	stopReaper  context.CancelFunc
+}
+
+func newBench(opts options, tl tools, log io.Writer) (*bench, error) {
+	dir, err := os.MkdirTemp("", "baton-bench-")
+	if err != nil {
+		return nil, fmt.Errorf("bench: temp dir: %w", err)
+	}
+	b := &bench{opts: opts, tools: tl, dir: dir, log: log}
+	// nginx workers run as an unprivileged user when started as root, and
+	// must read the document root below dir.
+	if err := os.Chmod(dir, 0o755); err != nil {
+		os.RemoveAll(dir)
+		return nil, fmt.Errorf("bench: temp dir: %w", err)
+	}
+	if err := becomeSubreaper(); err != nil {
+		fmt.Fprintf(log, "%v (old baton generations may stay zombies)\n", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	b.stopReaper = cancel
+	go reapLoop(ctx)
+	return b, nil
+}
+
+func reapLoop(ctx context.Context) {
+	t := time.NewTicker(500 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			reapOrphans()
+		}
+	}
+}
+
+// close stops every server, proxies first, and removes the directory.
+func (b *bench) close() {
+	for i := len(b.procs) - 1; i >= 0; i-- {
+		if err := b.procs[i].stop(10 * time.Second); err != nil {
+			fmt.Fprintln(b.log, err)
+		}
+	}
+	b.stopReaper()
+	reapOrphans()
+	if err := os.RemoveAll(b.dir); err != nil {
+		fmt.Fprintf(b.log, "bench: remove %s: %v\n", b.dir, err)
+	}
+}
+
+func (b *bench) progress(format string, args ...any) {
+	fmt.Fprintf(b.log, "bench: "+format+"\n", args...)
+}
+
+func (b *bench) path(name string) string { return filepath.Join(b.dir, name) }
+
+// startAll starts the backend and the three proxies in front of it.
+func (b *bench) startAll(ctx context.Context) error {
+	if err := b.writeFiles(); err != nil {
+		return err
+	}
+	backend, addr, err := b.startServer(ctx, "backend nginx", b.startBackend)
+	if err != nil {
+		return err
+	}
+	b.backendAddr = addr
+	b.setups = append(b.setups, &setup{name: setupDirect, addr: addr})
+	for _, s := range []struct {
+		name  string
+		start func(port int) (*proc, error)
+	}{
+		{setupBaton, b.startBaton},
+		{setupHAProxy, b.startHAProxy},
+		{setupNginx, b.startNginxProxy},
+	} {
+		p, addr, err := b.startServer(ctx, s.name, s.start)
+		if err != nil {
+			return err
+		}
+		b.setups = append(b.setups, &setup{name: s.name, addr: addr, proc: p})
+	}
+	b.progress("backend nginx on %s (pid %d); temp dir %s", b.backendAddr, backend.pgid(), b.dir)
+	for _, s := range b.setups[1:] {
+		b.progress("%s on %s (pid %d)", s.name, s.addr, s.proc.pgid())
+	}
+	return nil
+}
+
+// startServer picks a free port, starts a server there and waits until it
+// serves /small.txt; it tries other ports when the port was taken.
+func (b *bench) startServer(ctx context.Context, name string, start func(port int) (*proc, error)) (*proc, string, error) {
+	const attempts = 3
+	var last error
+	for i := 0; i < attempts; i++ {
+		port, err := freePort()
+		if err != nil {
+			return nil, "", fmt.Errorf("bench: start %s: %w", name, err)
+		}
+		p, err := start(port)
+		if err != nil {
+			return nil, "", fmt.Errorf("bench: start %s: %w", name, err)
+		}
+		b.procs = append(b.procs, p)
+		addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+		err = waitServing(ctx, p, "http://"+addr+"/small.txt", 15*time.Second)
+		if err == nil {
+			return p, addr, nil
+		}
+		last = fmt.Errorf("bench: start %s: %w", name, err)
+		_ = p.stop(5 * time.Second)
+		b.procs = b.procs[:len(b.procs)-1]
+		if !strings.Contains(err.Error(), "in use") || ctx.Err() != nil {
+			break
+		}
+	}
+	return nil, "", last
+}
+
+// freePort asks the kernel for a free loopback port. Another process could
+// take it before the server binds it; startServer then tries again.
+func freePort() (int, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, fmt.Errorf("free port: %w", err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port, nil
+}
+
+// waitServing polls url until it answers 200 with the small file, p exits
+// or timeout passes.
+func waitServing(ctx context.Context, p *proc, url string, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	client := checkClient(time.Second)
+	var last error
+	for {
+		if p.exited() {
+			return fmt.Errorf("exited (%v): %s", p.waitErr, p.logTail())
+		}
+		last = getSmall(ctx, client, url)
+		if last == nil {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+				return fmt.Errorf("not serving %s after %s: %v; log: %s", url, timeout, last, p.logTail())
+			}
+			return ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// checkClient makes an HTTP client that leaves no idle connection behind:
+// baton holds a final stop for as long as an idle keep-alive connection
+// stays open (up to its drain_timeout).
+func checkClient(timeout time.Duration) *http.Client {
+	return &http.Client{Timeout: timeout, Transport: &http.Transport{DisableKeepAlives: true}}
+}
+
+func getSmall(ctx context.Context, client *http.Client, url string) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return err
+	}
+	if resp.StatusCode != http.StatusOK || len(body) != files[0].size {
+		return fmt.Errorf("status %d, %d bytes", resp.StatusCode, len(body))
+	}
+	return nil
+}
+
+// writeFiles creates the backend's document root.
+func (b *bench) writeFiles() error {
+	root := b.path("www")
+	if err := os.MkdirAll(root, 0o755); err != nil {
+		return fmt.Errorf("bench: document root: %w", err)
+	}
+	for _, f := range files {
+		data := make([]byte, f.size)
+		for i := range data {
+			data[i] = 'a' + byte(i%26)
+		}
+		data[len(data)-1] = '\n'
+		if err := os.WriteFile(filepath.Join(root, f.name), data, 0o644); err != nil {
+			return fmt.Errorf("bench: write %s: %w", f.name, err)
+		}
+	}
+	return nil
+}
+
+// writeConfig renders tmpl with data into the temporary directory.
+func (b *bench) writeConfig(name, tmpl string, data any) (string, error) {
+	t, err := template.New(name).Option("missingkey=error").Parse(tmpl)
+	if err != nil {
+		return "", fmt.Errorf("config %s: %w", name, err)
+	}
+	var sb strings.Builder
+	if err := t.Execute(&sb, data); err != nil {
+		return "", fmt.Errorf("config %s: %w", name, err)
+	}
+	p := b.path(name)
+	if err := os.WriteFile(p, []byte(sb.String()), 0o644); err != nil {
+		return "", fmt.Errorf("config %s: %w", name, err)
+	}
+	return p, nil
+}
+
+// nginxMain is what both nginx configurations share: one worker in the
+// foreground, PID file, logs and temporary files in the bench's directory.
+const nginxMain = `worker_processes 1;
+daemon off;
+pid {{.Dir}}/{{.Name}}.pid;
+error_log {{.Dir}}/{{.Name}}-error.log warn;
+events { worker_connections 4096; }
+`
+
+const nginxHTTPCommon = `	access_log off;
+	client_body_temp_path {{.Dir}}/{{.Name}}-tmp/body;
+	proxy_temp_path {{.Dir}}/{{.Name}}-tmp/proxy;
+	fastcgi_temp_path {{.Dir}}/{{.Name}}-tmp/fastcgi;
+	uwsgi_temp_path {{.Dir}}/{{.Name}}-tmp/uwsgi;
+	scgi_temp_path {{.Dir}}/{{.Name}}-tmp/scgi;
+	default_type application/octet-stream;
+	keepalive_timeout 65s;
+	keepalive_requests 1000000;
+`
+
+const backendConf = nginxMain + `http {
+` + nginxHTTPCommon + `	sendfile on;
+	server {
+		listen 127.0.0.1:{{.Port}};
+		root {{.Dir}}/www;
+	}
+}
+`
+
+const nginxProxyConf = nginxMain + `http {
+` + nginxHTTPCommon + `	upstream backend {
+		server {{.Backend}};
+		keepalive 256;
+		keepalive_requests 1000000;
+	}
+	server {
+		listen 127.0.0.1:{{.Port}};
+		location / {
+			proxy_pass http://backend;
+			proxy_http_version 1.1;
+			proxy_set_header Connection "";
+		}
+	}
+}
+`
+
+type serverData struct {
+	Dir, Name, Backend string
+	Port               int
+}
+
+func (b *bench) startNginx(name, tmpl string, port int) (*proc, error) {
+	d := serverData{Dir: b.dir, Name: name, Backend: b.backendAddr, Port: port}
+	if err := os.MkdirAll(b.path(name+"-tmp"), 0o755); err != nil {
+		return nil, fmt.Errorf("nginx temp dir: %w", err)
+	}
+	conf, err := b.writeConfig(name+".conf", tmpl, d)
+	if err != nil {
+		return nil, err
+	}
+	// -e: the error log before the configuration is read (not /var/log).
+	return startProc(name, b.path(name+".log"), b.tools.nginx,
+		"-p", b.dir, "-c", conf, "-e", b.path(name+"-error.log"))
+}
+
+func (b *bench) startBackend(port int) (*proc, error) {
+	return b.startNginx("backend", backendConf, port)
+}
+
+func (b *bench) startNginxProxy(port int) (*proc, error) {
+	return b.startNginx("nginx-proxy", nginxProxyConf, port)
+}
+
+const batonConf = `[proxy]
+listen = ["127.0.0.1:{{.Port}}"]
+
+[control]
+pid_file = "{{.Dir}}/baton.pid"
+socket = "{{.Dir}}/baton.sock"
+
+[log]
+level = "warn"
+
+[[backend]]
+name = "nginx"
+url = "http://{{.Backend}}"
+health_path = "/small.txt"
+`
+
+func (b *bench) startBaton(port int) (*proc, error) {
+	d := serverData{Dir: b.dir, Backend: b.backendAddr, Port: port}
+	conf, err := b.writeConfig("baton.toml", batonConf, d)
+	if err != nil {
+		return nil, err
+	}
+	b.batonConfig, b.batonPID, b.batonSocket = conf, b.path("baton.pid"), b.path("baton.sock")
+	b.batonLog = b.path("baton.log")
+	return startProc("baton", b.batonLog, b.opts.baton, "run", "--config", conf)
+}
+
+// haproxyConf runs one thread in master-worker mode; a reload (SIGUSR2 to
+// the master) hands the listeners to the new worker over the master's
+// socket pair (-x), which the stats socket's expose-fd allows.
+const haproxyConf = `global
+	nbthread 1
+	maxconn 4000
+	pidfile {{.Dir}}/haproxy.pid
+	stats socket {{.Dir}}/haproxy.sock mode 600 level admin expose-fd listeners
+
+defaults
+	mode http
+	option http-keep-alive
+	http-reuse always
+	timeout connect 5s
+	timeout client 30s
+	timeout server 30s
+	timeout http-request 10s
+	timeout http-keep-alive 30s
+
+frontend fe
+	bind 127.0.0.1:{{.Port}}
+	default_backend be
+
+backend be
+	server nginx {{.Backend}}
+`
+
+func (b *bench) startHAProxy(port int) (*proc, error) {
+	d := serverData{Dir: b.dir, Backend: b.backendAddr, Port: port}
+	conf, err := b.writeConfig("haproxy.cfg", haproxyConf, d)
+	if err != nil {
+		return nil, err
+	}
+	b.haproxyLog = b.path("haproxy.log")
+	return startProc("haproxy", b.haproxyLog, b.tools.haproxy, "-W", "-db", "-f", conf)
+}
+
+// setupByName returns the named setup.
+func (b *bench) setupByName(name string) *setup {
+	for _, s := range b.setups {
+		if s.name == name {
+			return s
+		}
+	}
+	return nil
+}
