@@ -21,8 +21,8 @@ type Backend struct {
 	slot  *stateSlot
 	set   *Set
 
-	pooled *http.Transport // keep-alive, for replayable requests
-	fresh  *http.Transport // one connection per request, for the rest
+	pooled *proxy.Transport // keep-alive, for replayable requests
+	fresh  *http.Transport  // one connection per request, for the rest
 
 	inflight  atomic.Int64 // this process's share of slot.inflight
 	fails     atomic.Int64 // consecutive failures, active or passive
@@ -35,7 +35,7 @@ func newBackend(cfg Config, slot *stateSlot, set *Set) *Backend {
 	addr, _ := hostPort(cfg.URL) // validated
 	facts := servers[cfg.Kind]
 	dialer := &net.Dialer{Timeout: cfg.DialTimeout, KeepAlive: 30 * time.Second}
-	pooled := &http.Transport{
+	std := &http.Transport{
 		DialContext:           dialer.DialContext,
 		MaxIdleConns:          0, // no global cap; per host below
 		MaxIdleConnsPerHost:   cfg.MaxIdleConns,
@@ -46,7 +46,12 @@ func newBackend(cfg Config, slot *stateSlot, set *Set) *Backend {
 		WriteBufferSize:       16 << 10,
 		ReadBufferSize:        16 << 10,
 	}
-	fresh := pooled.Clone()
+	pooled := &proxy.Transport{
+		Addr: addr, MaxIdle: cfg.MaxIdleConns, IdleTimeout: cfg.IdleConnTimeout,
+		DialTimeout: cfg.DialTimeout, ResponseHeaderTimeout: cfg.ResponseHeaderTimeout,
+		Fallback: std, // upgrades (WebSocket) keep net/http's handling
+	}
+	fresh := std.Clone()
 	fresh.DisableKeepAlives = true
 	b := &Backend{cfg: cfg, facts: facts, addr: addr, slot: slot, set: set, pooled: pooled, fresh: fresh, kickC: make(chan struct{}, 1)}
 	b.seenEpoch.Store(atomic.LoadUint64(&slot.epoch))

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net"
 	"net/url"
-	"regexp"
 	"strings"
 	"time"
 )
@@ -83,7 +82,18 @@ func fieldErr(key, format string, args ...any) error {
 	return &FieldError{Key: key, Err: fmt.Errorf(format, args...)}
 }
 
-var nameRE = regexp.MustCompile(`^[A-Za-z0-9._-]{1,64}$`)
+// validName reports whether s is 1-64 of [A-Za-z0-9._-].
+func validName(s string) bool {
+	if len(s) == 0 || len(s) > maxNameLen {
+		return false
+	}
+	for _, c := range []byte(s) {
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '.' || c == '_' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
 
 // Normalize returns c with defaults applied to zero fields.
 func (c Config) Normalize() Config {
@@ -134,7 +144,7 @@ func (c Config) Normalize() Config {
 // Validate reports the first problem with a normalized Config as a
 // *FieldError naming the key.
 func (c Config) Validate() error {
-	if !nameRE.MatchString(c.Name) {
+	if !validName(c.Name) {
 		return fieldErr("name", "%q must be 1 to 64 letters, digits, '.', '_' or '-'", c.Name)
 	}
 	if _, err := hostPort(c.URL); err != nil {

@@ -531,9 +531,9 @@ type Drainer interface {
 
 // Shutdown is what a process does once Exit is closed: every server stops
 // accepting, the next generation is let go (so it can upgrade again while
-// this one drains), the PID file is removed at a final stop, and the
-// servers drain concurrently until DrainTimeout. It returns every server's
-// error.
+// this one drains), and the servers drain concurrently until DrainTimeout.
+// At a final stop the PID file is removed and idle keep-alive connections
+// are closed at once (Server.CloseIdle). It returns every server's error.
 func (h *Handoff) Shutdown(servers ...Drainer) error {
 	for _, s := range servers {
 		s.StopAccepting()
@@ -547,6 +547,12 @@ func (h *Handoff) Shutdown(servers ...Drainer) error {
 	final := !h.replaced.Load()
 	if final {
 		h.removePIDFile()
+		// No successor: idle clients gain nothing from waiting.
+		for _, s := range servers {
+			if ic, ok := s.(interface{ CloseIdle() }); ok {
+				ic.CloseIdle()
+			}
+		}
 	} else if err := releaseSuccessor(h.upg); err != nil {
 		h.log.Warn("next generation must wait for this one to exit before upgrading again", "err", err)
 	}

@@ -223,6 +223,19 @@ func (s *Server) StopAccepting() {
 	}
 }
 
+// CloseIdle closes the keep-alive connections that are idle now, and makes
+// every later response close its connection. It is for a final stop, where
+// no successor will serve the clients anyway; an upgrade keeps idle
+// connections until their next request or the drain deadline instead.
+func (s *Server) CloseIdle() {
+	s.mu.Lock()
+	srv := s.srv
+	s.mu.Unlock()
+	if srv != nil {
+		srv.SetKeepAlivesEnabled(false)
+	}
+}
+
 // Drain waits until every connection has closed. When ctx ends first it
 // closes what is left, idle keep-alive and hijacked connections included,
 // and says how many.

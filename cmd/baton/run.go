@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -55,8 +56,24 @@ type instance struct {
 func cmdRun(args []string, stderr io.Writer) int {
 	fs := flag.NewFlagSet("baton run", flag.ContinueOnError)
 	cfgPath := configFlag(fs)
+	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of this process to `file` when it exits")
 	if ok, code := parseFlags(fs, args, stderr); !ok {
 		return code
+	}
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			fmt.Fprintf(stderr, "baton run: %v\n", err)
+			return 1
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			fmt.Fprintf(stderr, "baton run: %v\n", err)
+			return 1
+		}
+		defer func() {
+			pprof.StopCPUProfile()
+			f.Close()
+		}()
 	}
 	if *cfgPath == "" {
 		fmt.Fprintln(stderr, "baton run: --config FILE is required")

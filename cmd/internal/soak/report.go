@@ -8,6 +8,7 @@ import (
 	"math"
 	"sort"
 	"strings"
+	"sync"
 	"text/tabwriter"
 	"time"
 )
@@ -243,13 +244,15 @@ func (r *Report) throughputChart() chart {
 	return c
 }
 
-var reportTmpl = template.Must(template.New("report").Funcs(template.FuncMap{
-	"ms": func(d time.Duration) string { return d.Round(time.Millisecond).String() },
-	"since": func(r *Report, t time.Time) string {
-		return fmt.Sprintf("%.2fs", t.Sub(r.Start).Seconds())
-	},
-	"sub": func(a, b float64) float64 { return a - b },
-}).Parse(`<!DOCTYPE html>
+// reportTmpl is parsed on first use, not at start-up: baton run never needs it.
+var reportTmpl = sync.OnceValue(func() *template.Template {
+	return template.Must(template.New("report").Funcs(template.FuncMap{
+		"ms": func(d time.Duration) string { return d.Round(time.Millisecond).String() },
+		"since": func(r *Report, t time.Time) string {
+			return fmt.Sprintf("%.2fs", t.Sub(r.Start).Seconds())
+		},
+		"sub": func(a, b float64) float64 { return a - b },
+	}).Parse(`<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <title>baton soak: {{if .R.Passed}}PASS{{else}}FAIL{{end}}</title>
 <style>
@@ -304,11 +307,12 @@ Shaded bands are events (U = baton upgrade, R = backend restart), from request t
 {{end}}</table>{{end}}
 </body></html>
 `))
+})
 
 // WriteHTML writes a self-contained HTML page: charts drawn as inline SVG,
 // event markers on the time axis, failures in red, and the summary.
 func (r *Report) WriteHTML(w io.Writer) error {
-	return reportTmpl.Execute(w, map[string]any{
+	return reportTmpl().Execute(w, map[string]any{
 		"R":      r,
 		"Rate":   rateText(r.Rate, r.Workers),
 		"Charts": []chart{r.latencyChart(), r.throughputChart()},
