@@ -15,7 +15,15 @@ const fastProbeInterval = 100 * time.Millisecond
 // probe sends one health check on a new connection: GET HealthPath, healthy
 // on 2xx or 3xx.
 func (b *Backend) probe(ctx context.Context) error {
-	ctx, cancel := context.WithTimeout(ctx, b.cfg.HealthTimeout)
+	return b.probeWithin(ctx, b.cfg.HealthTimeout)
+}
+
+// restartProbeTimeout bounds the first check while a restart waits for the
+// server (later ones get twice as long each, up to health_timeout).
+const restartProbeTimeout = 250 * time.Millisecond
+
+func (b *Backend) probeWithin(ctx context.Context, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+b.addr+b.cfg.HealthPath, nil)
 	if err != nil {

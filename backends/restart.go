@@ -422,6 +422,7 @@ func (r *restartRun) runRestartCommand() (string, error) {
 func (r *restartRun) waitUp() (string, error) {
 	b := r.b
 	var lastErr error
+	attempt := 0
 	err := poll(r.ctx, func() bool {
 		if b.cfg.PIDFile != "" {
 			pid, err := readPID(b.cfg.PIDFile)
@@ -431,7 +432,12 @@ func (r *restartRun) waitUp() (string, error) {
 			}
 			r.res.NewPID = pid
 		}
-		if err := b.probe(r.ctx); err != nil {
+		// Short first, doubling up to health_timeout: a connection caught
+		// in the server's restart is dropped quickly, a slow health page
+		// still gets its time.
+		timeout := min(b.cfg.HealthTimeout, restartProbeTimeout<<min(attempt, 8))
+		attempt++
+		if err := b.probeWithin(r.ctx, timeout); err != nil {
 			lastErr = fmt.Errorf("health check: %w", err)
 			return false
 		}
