@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime"
 	"runtime/pprof"
 	"sync"
 	"sync/atomic"
@@ -84,6 +85,9 @@ func cmdRun(args []string, stderr io.Writer) int {
 	var hopts handoff.Options
 	if cfgErr == nil {
 		level, format, hopts = cfg.LogLevel, cfg.LogFormat, cfg.Handoff
+	}
+	if cfgErr == nil && cfg.Threads > 0 {
+		runtime.GOMAXPROCS(cfg.Threads)
 	}
 	log := newLogger(stderr, level, format)
 	hopts.Logger = log

@@ -37,6 +37,9 @@ type Config struct {
 	Backends       []backends.Config
 	LogLevel       slog.Level
 	LogFormat      string // text or json
+	// Threads caps the OS threads running Go code (GOMAXPROCS); 0 leaves
+	// Go's default, one per CPU.
+	Threads int
 }
 
 // ServerLimits are the client-facing HTTP server's timeouts and limits;
@@ -72,6 +75,7 @@ type fileProxy struct {
 	ReadHeaderTimeout string   `toml:"read_header_timeout"`
 	IdleTimeout       string   `toml:"idle_timeout"`
 	MaxHeaderBytes    *int     `toml:"max_header_bytes"`
+	Threads           *int     `toml:"threads"`
 }
 
 type fileControl struct {
@@ -246,6 +250,7 @@ func build(f *file, dir string) (*Config, error) {
 	try(duration("proxy.read_header_timeout", f.Proxy.ReadHeaderTimeout, &c.Server.ReadHeaderTimeout))
 	try(duration("proxy.idle_timeout", f.Proxy.IdleTimeout, &c.Server.IdleTimeout))
 	try(positive("proxy.max_header_bytes", f.Proxy.MaxHeaderBytes, &c.Server.MaxHeaderBytes))
+	try(positive("proxy.threads", f.Proxy.Threads, &c.Threads))
 	try(duration("control.upgrade_timeout", f.Control.UpgradeTimeout, &c.Handoff.UpgradeTimeout))
 	try(duration("control.request_timeout", f.Control.RequestTimeout, &c.ControlTimeout))
 	if err != nil {

@@ -60,6 +60,7 @@ max_attempts = 3
 read_header_timeout = "2s"
 idle_timeout = "90s"
 max_header_bytes = 8192
+threads = 2
 
 [control]
 pid_file = "run/baton.pid"
@@ -149,6 +150,7 @@ func fullWant() *config.Config {
 		Backends:       []backends.Config{apache, lighty, cmd},
 		LogLevel:       slog.LevelDebug,
 		LogFormat:      "json",
+		Threads:        2,
 	}
 }
 
