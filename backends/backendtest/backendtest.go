@@ -282,7 +282,11 @@ func (s *Server) PID() (int, error) {
 
 // Processes lists the PIDs of every process started from this server's
 // configuration (parent and children), found by their command line.
-func (s *Server) Processes() []int {
+func (s *Server) Processes() []int { return Processes(s.Conf) }
+
+// Processes lists the live (not zombie) processes whose command line
+// contains substr.
+func Processes(substr string) []int {
 	var out []int
 	entries, _ := os.ReadDir("/proc")
 	for _, e := range entries {
@@ -291,12 +295,15 @@ func (s *Server) Processes() []int {
 			continue
 		}
 		b, err := os.ReadFile("/proc/" + e.Name() + "/cmdline")
-		if err != nil {
+		if err != nil || !strings.Contains(string(b), substr) {
 			continue
 		}
-		if strings.Contains(string(b), s.Conf) {
-			out = append(out, pid)
+		if st, err := os.ReadFile("/proc/" + e.Name() + "/stat"); err == nil {
+			if i := strings.LastIndexByte(string(st), ')'); i > 0 && i+2 < len(st) && st[i+2] == 'Z' {
+				continue
+			}
 		}
+		out = append(out, pid)
 	}
 	return out
 }

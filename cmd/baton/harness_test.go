@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/batonproxy/baton/backends/backendtest"
 	"github.com/batonproxy/baton/cmd/internal/control"
 )
 
@@ -161,27 +162,7 @@ func (b *batonProc) start() {
 }
 
 // processes lists every baton process running this test's configuration.
-func (b *batonProc) processes() []int {
-	var out []int
-	entries, _ := os.ReadDir("/proc")
-	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		cl, err := os.ReadFile("/proc/" + e.Name() + "/cmdline")
-		if err != nil || !bytes.Contains(cl, []byte(b.cfgPath)) {
-			continue
-		}
-		if st, err := os.ReadFile("/proc/" + e.Name() + "/stat"); err == nil {
-			if i := bytes.LastIndexByte(st, ')'); i > 0 && i+2 < len(st) && st[i+2] == 'Z' {
-				continue
-			}
-		}
-		out = append(out, pid)
-	}
-	return out
-}
+func (b *batonProc) processes() []int { return backendtest.Processes(b.cfgPath) }
 
 func (b *batonProc) cleanup() {
 	for _, p := range b.processes() {

@@ -197,16 +197,6 @@ health_interval = "500ms"
 	}
 }
 
-// running reports whether pid is a live process (not a zombie).
-func running(pid int) bool {
-	st, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return false
-	}
-	i := strings.LastIndexByte(string(st), ')')
-	return i < 0 || i+2 >= len(st) || st[i+2] != 'Z'
-}
-
 func (d *demo) version() string {
 	out, err := exec.Command(d.bin, "version").Output()
 	if err != nil {
@@ -223,23 +213,17 @@ func (d *demo) version() string {
 // both servers.
 func (d *demo) cleanup() {
 	var batons []int
-	entries, _ := os.ReadDir("/proc")
-	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		cl, err := os.ReadFile("/proc/" + e.Name() + "/cmdline")
-		if err == nil && d.cfg != "" && strings.Contains(string(cl), d.cfg) {
-			batons = append(batons, pid)
-			_ = syscall.Kill(pid, syscall.SIGTERM)
-		}
+	if d.cfg != "" {
+		batons = backendtest.Processes(d.cfg)
+	}
+	for _, p := range batons {
+		_ = syscall.Kill(p, syscall.SIGTERM)
 	}
 	deadline := time.Now().Add(15 * time.Second)
-	for _, p := range batons {
-		for running(p) && time.Now().Before(deadline) {
-			time.Sleep(10 * time.Millisecond)
-		}
+	for len(backendtest.Processes(d.cfg)) > 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	for _, p := range backendtest.Processes(d.cfg) {
 		_ = syscall.Kill(p, syscall.SIGKILL)
 	}
 	for _, s := range []*backendtest.Server{d.apache, d.lighttpd} {
