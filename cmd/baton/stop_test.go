@@ -143,6 +143,9 @@ func TestControlBadInput(t *testing.T) {
 	})
 	l := startLoad(t, b.addr(), loadSpec{GoGET: 2, Raw: 2})
 	l.progress(t, 10)
+	if fi, err := os.Stat(b.socket); err != nil || fi.Mode().Perm() != 0o600 || fi.Mode()&os.ModeSocket == 0 {
+		t.Errorf("control socket: %v %v, want a socket with mode 0600", fi.Mode(), err)
+	}
 
 	exchange := func(t *testing.T, send string) control.Response {
 		t.Helper()

@@ -181,7 +181,8 @@ func TestCtlUpgrade(t *testing.T) {
 	l.progress(t, 10)
 
 	genOf := func() int {
-		out, errOut, code := b.ctl("status", "--json")
+		// --config finds the socket in the configuration.
+		out, errOut, code := runBaton(t, "ctl", "--config", b.cfgPath, "status", "--json")
 		if code != 0 {
 			t.Fatalf("ctl status --json: exit %d: %s", code, errOut)
 		}
@@ -217,6 +218,31 @@ func TestCtlUpgrade(t *testing.T) {
 	}
 	if got := b.pid(); got != old {
 		t.Errorf("pid file after a refused upgrade: %d, want %d", got, old)
+	}
+	l.progress(t, 10)
+	l.check(t)
+}
+
+// TestSighupCoalesced: SIGHUPs sent while an upgrade runs join it: one
+// new generation, and the log says so.
+func TestSighupCoalesced(t *testing.T) {
+	lt := backendtest.StartT(t, backendtest.Lighttpd, backendtest.Options{})
+	b := startBaton(t, func(dir string) string { return batonConfig(dir, "", backendTOML("web1", lt.URL)) })
+	l := startLoad(t, b.addr(), loadSpec{GoGET: 2, Raw: 2})
+	l.progress(t, 10)
+	old := b.pid()
+	for i := 0; i < 5; i++ {
+		if err := syscall.Kill(old, syscall.SIGHUP); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b.waitNewPID(old)
+	waitFor(t, 10*time.Second, "the old process to account for every SIGHUP", func() bool {
+		log := b.log()
+		return strings.Contains(log, "coalesced") || strings.Contains(log, "SIGHUP ignored")
+	})
+	if st := b.status(); st.Generation != 2 {
+		t.Errorf("generation after 5 quick SIGHUPs: got %d, want 2", st.Generation)
 	}
 	l.progress(t, 10)
 	l.check(t)

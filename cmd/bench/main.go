@@ -3,12 +3,21 @@
 //
 //	go run ./cmd/bench -baton bin/baton [-duration 10s] [-rounds 3] [-out BENCHMARKS.md] [-quick]
 //
-// It needs wrk, haproxy and nginx (Debian: wrk haproxy nginx-light). Every
-// server runs on a free loopback port with its configuration, logs and PID
-// files in a temporary directory that is removed at the end; nothing
-// system-wide is touched. Each wrk run lasts -duration; the matrix is
-// 4 setups x 2 files x 2 connection counts x -rounds runs, so its wall time
-// is about 16 x rounds x duration, plus roughly a minute of upgrade tests.
+// It needs wrk, haproxy and nginx (Debian: wrk haproxy nginx-light), and
+// the go command, run inside the baton module: it builds two reference
+// programs from its own source, which are yardsticks, not products:
+// internal/minproxy, a deliberately minimal Go reverse proxy measured next
+// to the others as "go-minimal (reference)", and internal/tfref, a minimal
+// github.com/cloudflare/tableflip program whose upgrades are timed next to
+// baton's. Every server runs on a free loopback port with its
+// configuration, logs and PID files in a temporary directory that is
+// removed at the end; nothing system-wide is touched.
+//
+// Each wrk run lasts -duration. The matrix measures 6 setups (direct, baton,
+// baton with GOMAXPROCS=1, HAProxy, nginx, go-minimal) x 2 files x 2
+// connection counts, plus go-minimal with GOMAXPROCS=1 on small.txt at 50
+// connections only, each -rounds times: 25 x rounds x duration of wall
+// time, plus about two minutes of upgrade tests.
 package main
 
 import (
@@ -79,6 +88,10 @@ func runBench(ctx context.Context, opts options, tl tools, stdout, stderr io.Wri
 	}
 	defer b.close()
 
+	if err := b.buildRefs(ctx); err != nil {
+		fmt.Fprintln(stderr, err)
+		return 1
+	}
 	if err := b.startAll(ctx); err != nil {
 		fmt.Fprintln(stderr, err)
 		return 1

@@ -21,7 +21,14 @@ type cell struct {
 type sample struct {
 	res     wrkResult
 	peakRSS int64 // bytes; 0 for direct
+	cpu     *cpuUse
 	err     error
+}
+
+// cpuUse is the CPU time the proxy's processes used during a wrk run, in
+// clock ticks; only measured in cpuCell.
+type cpuUse struct {
+	user, sys uint64
 }
 
 // matrix holds every run: samples[cell][setup] has one entry per round.
@@ -29,6 +36,8 @@ type matrix struct {
 	cells   []cell
 	setups  []string
 	samples map[cell]map[string][]sample
+	clkTck  int  // clock ticks per second of the CPU times
+	tckOK   bool // clkTck came from getconf CLK_TCK
 }
 
 func (m *matrix) add(c cell, setup string, s sample) {
@@ -55,7 +64,7 @@ func (m *matrix) failed() bool {
 // taking turns within each cell so drift affects them alike. Only a
 // cancelled ctx makes it fail; a failed wrk run is recorded and reported.
 func (b *bench) measureMatrix(ctx context.Context) (*matrix, error) {
-	m := &matrix{samples: map[cell]map[string][]sample{}}
+	m := &matrix{samples: map[cell]map[string][]sample{}, clkTck: b.clkTck, tckOK: b.tckOK}
 	for _, f := range files {
 		for _, c := range connCounts {
 			m.cells = append(m.cells, cell{f.name, c})
@@ -67,11 +76,21 @@ func (b *bench) measureMatrix(ctx context.Context) (*matrix, error) {
 	if err := b.warmUp(ctx); err != nil {
 		return nil, err
 	}
-	total := len(m.cells) * len(b.setups) * b.opts.rounds
+	total := 0
+	for _, c := range m.cells {
+		for _, s := range b.setups {
+			if s.runsIn(c) {
+				total += b.opts.rounds
+			}
+		}
+	}
 	n := 0
 	for r := 1; r <= b.opts.rounds; r++ {
 		for _, c := range m.cells {
 			for _, s := range b.setups {
+				if !s.runsIn(c) {
+					continue
+				}
 				n++
 				smp := b.measureOne(ctx, s, c)
 				if ctx.Err() != nil {
@@ -101,25 +120,55 @@ func (b *bench) warmUp(ctx context.Context) error {
 
 func (b *bench) logSample(n, total, round int, c cell, s *setup, smp sample) {
 	if smp.err != nil {
-		b.progress("[%d/%d] round %d %s c=%d %-7s FAILED: %v", n, total, round, c.file, c.conns, s.name, smp.err)
+		b.progress("[%d/%d] round %d %s c=%d %-32s FAILED: %v", n, total, round, c.file, c.conns, s.name, smp.err)
 		return
 	}
 	rss := "-"
 	if s.proc != nil {
 		rss = fmt.Sprintf("%.1f MB", mb(smp.peakRSS))
 	}
-	b.progress("[%d/%d] round %d %s c=%d %-7s %9.0f req/s  p50 %6.2f ms  p99 %7.2f ms  rss %s  errors %s",
-		n, total, round, c.file, c.conns, s.name, smp.res.rps, smp.res.p50, smp.res.p99, rss, smp.res.errs)
+	cpu := ""
+	if smp.cpu != nil {
+		u, sy := cpuPerRequest(smp, b.clkTck)
+		cpu = fmt.Sprintf("  cpu %.2f+%.2f us/req", u, sy)
+	}
+	b.progress("[%d/%d] round %d %s c=%d %-32s %9.0f req/s  p50 %6.2f ms  p99 %7.2f ms  rss %s%s  errors %s",
+		n, total, round, c.file, c.conns, s.name, smp.res.rps, smp.res.p50, smp.res.p99, rss, cpu, smp.res.errs)
 }
 
-// measureOne runs wrk once against s while sampling the proxy's RSS.
+// cpuPerRequest converts a sample's CPU time, in clock ticks of 1/clkTck s,
+// to microseconds per request.
+func cpuPerRequest(smp sample, clkTck int) (user, sys float64) {
+	if smp.cpu == nil || smp.res.requests == 0 || clkTck <= 0 {
+		return 0, 0
+	}
+	per := 1e6 / float64(clkTck) / float64(smp.res.requests)
+	return float64(smp.cpu.user) * per, float64(smp.cpu.sys) * per
+}
+
+// measureOne runs wrk once against s while sampling the proxy's RSS; in
+// cpuCell it also reads the CPU time of the proxy's processes before and
+// after.
 func (b *bench) measureOne(ctx context.Context, s *setup, c cell) sample {
 	var smp sample
 	stopRSS := func() int64 { return 0 }
+	countCPU := s.proc != nil && c == cpuCell
+	var user0, sys0 uint64
 	if s.proc != nil {
 		stopRSS = sampleRSS(s.proc.pgid(), 200*time.Millisecond)
+		if countCPU {
+			user0, sys0 = groupCPU(s.proc.pgid())
+		}
 	}
 	smp.res, smp.err = runWrk(ctx, b.tools.wrk, "http://"+s.addr+"/"+c.file, c.conns, b.opts.duration)
+	if countCPU {
+		// Before stopping the RSS sampler, so its last reading is not
+		// waited for; a process that exited meanwhile would take its
+		// ticks along (none should: nothing is upgraded here).
+		if user1, sys1 := groupCPU(s.proc.pgid()); user1 >= user0 && sys1 >= sys0 {
+			smp.cpu = &cpuUse{user: user1 - user0, sys: sys1 - sys0}
+		}
+	}
 	smp.peakRSS = stopRSS()
 	if s.proc != nil && s.proc.exited() && smp.err == nil {
 		smp.err = fmt.Errorf("bench: %s exited during the run: %v", s.name, s.proc.waitErr)
@@ -171,14 +220,17 @@ func sampleRSS(pg int, interval time.Duration) (stop func() int64) {
 type summary struct {
 	rps, p50, p99 float64
 	peakRSS       int64
+	userUS, sysUS float64   // CPU microseconds per request
+	cpuUS         float64   // median of user+system per run
+	cpuRuns       int       // runs with a CPU reading
 	errs          wrkErrors // summed over rounds
 	runs, failed  int
 	firstErr      error
 }
 
-func summarize(ss []sample) summary {
+func summarize(ss []sample, clkTck int) summary {
 	var sum summary
-	var rps, p50, p99, rss []float64
+	var rps, p50, p99, rss, user, sys, total []float64
 	for _, s := range ss {
 		sum.runs++
 		if s.err != nil {
@@ -193,9 +245,14 @@ func summarize(ss []sample) summary {
 		p99 = append(p99, s.res.p99)
 		rss = append(rss, float64(s.peakRSS))
 		sum.errs = sum.errs.add(s.res.errs)
+		if s.cpu != nil && s.res.requests > 0 {
+			u, sy := cpuPerRequest(s, clkTck)
+			user, sys, total = append(user, u), append(sys, sy), append(total, u+sy)
+		}
 	}
 	sum.rps, sum.p50, sum.p99 = median(rps), median(p50), median(p99)
 	sum.peakRSS = int64(median(rss))
+	sum.userUS, sum.sysUS, sum.cpuUS, sum.cpuRuns = median(user), median(sys), median(total), len(user)
 	return sum
 }
 

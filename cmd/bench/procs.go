@@ -28,6 +28,12 @@ type proc struct {
 // startProc starts argv in a new process group with stdout and stderr
 // appended to logPath.
 func startProc(name, logPath string, argv ...string) (*proc, error) {
+	return startProcEnv(name, logPath, nil, argv...)
+}
+
+// startProcEnv is startProc with extra environment variables ("K=V"), which
+// override the bench's own.
+func startProcEnv(name, logPath string, env []string, argv ...string) (*proc, error) {
 	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return nil, fmt.Errorf("bench: start %s: log file: %w", name, err)
@@ -35,6 +41,9 @@ func startProc(name, logPath string, argv ...string) (*proc, error) {
 	defer logf.Close() // the child has its own copy
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Stdout, cmd.Stderr = logf, logf
+	if len(env) > 0 {
+		cmd.Env = append(os.Environ(), env...)
+	}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("bench: start %s: %w", name, err)
@@ -110,7 +119,8 @@ func waitGroupGone(pg int, d time.Duration) bool {
 // procInfo is what the bench needs from /proc/PID/stat.
 type procInfo struct {
 	pid, ppid, pgid int
-	state           byte // 'Z' for a zombie
+	state           byte   // 'Z' for a zombie
+	utime, stime    uint64 // CPU time in user and system mode, in clock ticks
 }
 
 // listProcs reads every process's /proc/PID/stat; processes that vanish
@@ -134,7 +144,8 @@ func listProcs() []procInfo {
 }
 
 // readStat parses /proc/PID/stat: "pid (comm) state ppid pgrp ...", where
-// comm may contain spaces and parentheses.
+// comm may contain spaces and parentheses; utime and stime are fields 14
+// and 15.
 func readStat(pid int) (procInfo, error) {
 	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
 	if err != nil {
@@ -145,15 +156,17 @@ func readStat(pid int) (procInfo, error) {
 		return procInfo{}, fmt.Errorf("bench: /proc/%d/stat: no ')'", pid)
 	}
 	f := strings.Fields(string(b[i+1:]))
-	if len(f) < 3 || len(f[0]) != 1 {
+	if len(f) < 13 || len(f[0]) != 1 {
 		return procInfo{}, fmt.Errorf("bench: /proc/%d/stat: too short", pid)
 	}
 	ppid, err1 := strconv.Atoi(f[1])
 	pgid, err2 := strconv.Atoi(f[2])
-	if err := errors.Join(err1, err2); err != nil {
+	utime, err3 := strconv.ParseUint(f[11], 10, 64)
+	stime, err4 := strconv.ParseUint(f[12], 10, 64)
+	if err := errors.Join(err1, err2, err3, err4); err != nil {
 		return procInfo{}, fmt.Errorf("bench: /proc/%d/stat: %w", pid, err)
 	}
-	return procInfo{pid: pid, ppid: ppid, pgid: pgid, state: f[0][0]}, nil
+	return procInfo{pid: pid, ppid: ppid, pgid: pgid, state: f[0][0], utime: utime, stime: stime}, nil
 }
 
 // groupMembers lists the live (not zombie) processes of group pg.
@@ -220,6 +233,36 @@ func groupRSS(pg int) int64 {
 		sum += rssBytes(p.pid)
 	}
 	return sum
+}
+
+// groupCPU sums utime and stime, in clock ticks, over the live processes of
+// group pg.
+func groupCPU(pg int) (user, sys uint64) {
+	for _, p := range groupMembers(pg) {
+		user += p.utime
+		sys += p.stime
+	}
+	return user, sys
+}
+
+// alive reports whether pid is a live (not zombie) process.
+func alive(pid int) bool {
+	p, err := readStat(pid)
+	return err == nil && p.state != 'Z'
+}
+
+// clockTicks is the unit of utime and stime: `getconf CLK_TCK`, or 100 (the
+// value on Linux) if that fails.
+func clockTicks() (ticks int, ok bool) {
+	out, err := exec.Command("getconf", "CLK_TCK").Output()
+	if err != nil {
+		return 100, false
+	}
+	n, err := strconv.Atoi(strings.TrimSpace(string(out)))
+	if err != nil || n <= 0 {
+		return 100, false
+	}
+	return n, true
 }
 
 // becomeSubreaper makes processes orphaned below the bench (baton's older

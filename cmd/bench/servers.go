@@ -8,7 +8,10 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"text/template"
@@ -24,20 +27,39 @@ var files = []struct {
 	{"16k.bin", 16384},
 }
 
-// Setup names, in the order they are measured in each round.
+// Setup names, in the order they are measured in each round. The
+// go-minimal setups are references, not products: see minproxy.
 const (
-	setupDirect  = "direct"
-	setupBaton   = "baton"
-	setupHAProxy = "haproxy"
-	setupNginx   = "nginx"
+	setupDirect    = "direct"
+	setupBaton     = "baton"
+	setupBaton1    = "baton (1 thread)"
+	setupHAProxy   = "haproxy"
+	setupNginx     = "nginx"
+	setupMinimal   = "go-minimal (reference)"
+	setupMinimal1  = "go-minimal (reference, 1 thread)"
+	progTableflip  = "tableflip-minimal (reference)"
+	oneThreadEnv   = "GOMAXPROCS=1"
+	minproxyBinary = "minproxy" // built from ./internal/minproxy
+	tfrefBinary    = "tfref"    // built from ./internal/tfref
 )
+
+// cpuCell is the cell where the proxies' CPU time per request is measured,
+// and the only one go-minimal (reference, 1 thread) runs in.
+var cpuCell = cell{"small.txt", 50}
 
 // setup is one way of reaching the backend: directly or through a proxy.
 type setup struct {
 	name string
 	addr string // host:port wrk connects to
 	proc *proc  // the proxy; nil for direct
+	only *cell  // the one cell this setup is measured in; nil: every cell
 }
+
+// runsIn reports whether s is measured in cell c.
+func (s *setup) runsIn(c cell) bool { return s.only == nil || *s.only == c }
+
+// namedLog is a server's log file.
+type namedLog struct{ name, path string }
 
 // bench owns the temporary directory and every server started in it.
 type bench struct {
@@ -46,13 +68,15 @@ type bench struct {
 	dir    string
 	log    io.Writer // progress
 	procs  []*proc   // in start order
-	setups []*setup  // direct, baton, haproxy, nginx
+	setups []*setup  // in measuring order, direct first
+	clkTck int       // clock ticks per second of /proc/PID/stat
+	tckOK  bool      // clkTck came from getconf
 
 	backendAddr string
 	batonConfig string
 	batonPID    string // PID file
 	batonSocket string
-	batonLog    string
+	batonLogs   []namedLog // every baton instance's
 	haproxyLog  string
 	stopReaper  context.CancelFunc
 }
@@ -63,6 +87,7 @@ func newBench(opts options, tl tools, log io.Writer) (*bench, error) {
 		return nil, fmt.Errorf("bench: temp dir: %w", err)
 	}
 	b := &bench{opts: opts, tools: tl, dir: dir, log: log}
+	b.clkTck, b.tckOK = clockTicks()
 	// nginx workers run as an unprivileged user when started as root, and
 	// must read the document root below dir.
 	if err := os.Chmod(dir, 0o755); err != nil {
@@ -91,6 +116,19 @@ func reapLoop(ctx context.Context) {
 	}
 }
 
+// stopProc stops p, which the bench started, and forgets it.
+func (b *bench) stopProc(p *proc) {
+	if err := p.stop(10 * time.Second); err != nil {
+		fmt.Fprintln(b.log, err)
+	}
+	for i, q := range b.procs {
+		if q == p {
+			b.procs = append(b.procs[:i], b.procs[i+1:]...)
+			break
+		}
+	}
+}
+
 // close stops every server, proxies first, and removes the directory.
 func (b *bench) close() {
 	for i := len(b.procs) - 1; i >= 0; i-- {
@@ -111,7 +149,7 @@ func (b *bench) progress(format string, args ...any) {
 
 func (b *bench) path(name string) string { return filepath.Join(b.dir, name) }
 
-// startAll starts the backend and the three proxies in front of it.
+// startAll starts the backend and the proxies in front of it.
 func (b *bench) startAll(ctx context.Context) error {
 	if err := b.writeFiles(); err != nil {
 		return err
@@ -125,16 +163,20 @@ func (b *bench) startAll(ctx context.Context) error {
 	for _, s := range []struct {
 		name  string
 		start func(port int) (*proc, error)
+		only  *cell
 	}{
-		{setupBaton, b.startBaton},
-		{setupHAProxy, b.startHAProxy},
-		{setupNginx, b.startNginxProxy},
+		{setupBaton, b.startBaton, nil},
+		{setupBaton1, b.startBaton1, nil},
+		{setupHAProxy, b.startHAProxy, nil},
+		{setupNginx, b.startNginxProxy, nil},
+		{setupMinimal, b.startMinimal(setupMinimal, "go-minimal", nil), nil},
+		{setupMinimal1, b.startMinimal(setupMinimal1, "go-minimal-1t", []string{oneThreadEnv}), &cpuCell},
 	} {
 		p, addr, err := b.startServer(ctx, s.name, s.start)
 		if err != nil {
 			return err
 		}
-		b.setups = append(b.setups, &setup{name: s.name, addr: addr, proc: p})
+		b.setups = append(b.setups, &setup{name: s.name, addr: addr, proc: p, only: s.only})
 	}
 	b.progress("backend nginx on %s (pid %d); temp dir %s", b.backendAddr, backend.pgid(), b.dir)
 	for _, s := range b.setups[1:] {
@@ -350,8 +392,8 @@ const batonConf = `[proxy]
 listen = ["127.0.0.1:{{.Port}}"]
 
 [control]
-pid_file = "{{.Dir}}/baton.pid"
-socket = "{{.Dir}}/baton.sock"
+pid_file = "{{.Dir}}/{{.Name}}.pid"
+socket = "{{.Dir}}/{{.Name}}.sock"
 
 [log]
 level = "warn"
@@ -362,15 +404,81 @@ url = "http://{{.Backend}}"
 health_path = "/small.txt"
 `
 
+// startBaton starts the baton that is measured and upgraded.
 func (b *bench) startBaton(port int) (*proc, error) {
-	d := serverData{Dir: b.dir, Backend: b.backendAddr, Port: port}
-	conf, err := b.writeConfig("baton.toml", batonConf, d)
+	p, err := b.startBatonAs(setupBaton, "baton", nil, port)
+	if err == nil {
+		b.batonConfig, b.batonPID, b.batonSocket = b.path("baton.toml"), b.path("baton.pid"), b.path("baton.sock")
+	}
+	return p, err
+}
+
+// startBaton1 starts a second baton, limited to one thread running Go code
+// by GOMAXPROCS=1 in its environment: the like-for-like row next to
+// HAProxy's one thread and nginx's one worker.
+func (b *bench) startBaton1(port int) (*proc, error) {
+	return b.startBatonAs(setupBaton1, "baton-1t", []string{oneThreadEnv}, port)
+}
+
+// startBatonAs starts a baton whose configuration, PID file, control
+// socket and log are named after file.
+func (b *bench) startBatonAs(setupName, file string, env []string, port int) (*proc, error) {
+	d := serverData{Dir: b.dir, Name: file, Backend: b.backendAddr, Port: port}
+	conf, err := b.writeConfig(file+".toml", batonConf, d)
 	if err != nil {
 		return nil, err
 	}
-	b.batonConfig, b.batonPID, b.batonSocket = conf, b.path("baton.pid"), b.path("baton.sock")
-	b.batonLog = b.path("baton.log")
-	return startProc("baton", b.batonLog, b.opts.baton, "run", "--config", conf)
+	logPath := b.path(file + ".log")
+	if !slices.ContainsFunc(b.batonLogs, func(l namedLog) bool { return l.path == logPath }) {
+		b.batonLogs = append(b.batonLogs, namedLog{setupName, logPath})
+	}
+	return startProcEnv(setupName, logPath, env, b.opts.baton, "run", "--config", conf)
+}
+
+// startMinimal returns a start function for the go-minimal reference
+// proxy, logging to file.log, with env added to its environment.
+func (b *bench) startMinimal(setupName, file string, env []string) func(port int) (*proc, error) {
+	return func(port int) (*proc, error) {
+		return startProcEnv(setupName, b.path(file+".log"), env, b.path(minproxyBinary),
+			"-listen", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), "-backend", b.backendAddr)
+	}
+}
+
+// startTableflip starts the minimal tableflip program (a reference), which
+// serves small.txt's 100 bytes itself and writes tfref.pid when ready.
+func (b *bench) startTableflip(port int) (*proc, error) {
+	return startProc(progTableflip, b.path("tfref.log"), b.path(tfrefBinary),
+		"-listen", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), "-pid-file", b.path("tfref.pid"))
+}
+
+// buildRefs builds the reference programs, whose source is part of the
+// bench (./internal/minproxy, ./internal/tfref), into the temporary
+// directory with the go command that runs the bench. It builds by import
+// path in the bench's source directory, if that is known and present, or
+// else in the working directory; either must be inside the baton module.
+func (b *bench) buildRefs(ctx context.Context) error {
+	goTool, err := exec.LookPath("go")
+	if err != nil {
+		return fmt.Errorf("bench: build reference programs: %w", err)
+	}
+	dir := ""
+	if _, file, _, ok := runtime.Caller(0); ok {
+		if fi, err := os.Stat(filepath.Join(filepath.Dir(file), "internal", "minproxy")); err == nil && fi.IsDir() {
+			dir = filepath.Dir(file)
+		}
+	}
+	const pkg = "github.com/batonproxy/baton/cmd/bench/internal/"
+	cmd := exec.CommandContext(ctx, goTool, "build", "-o", b.dir+string(filepath.Separator),
+		pkg+minproxyBinary, pkg+tfrefBinary)
+	cmd.Dir = dir
+	started := time.Now()
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("bench: build reference programs (run the bench from the baton module): %w: %s",
+			err, strings.TrimSpace(string(out)))
+	}
+	b.progress("built the reference programs %s and %s in %s", minproxyBinary, tfrefBinary,
+		time.Since(started).Round(100*time.Millisecond))
+	return nil
 }
 
 // haproxyConf runs one thread in master-worker mode; a reload (SIGUSR2 to

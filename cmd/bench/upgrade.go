@@ -40,14 +40,29 @@ type reloadSeries struct {
 	err           error
 }
 
+// sighupSeries is a series of upgrades of one program triggered by SIGHUP
+// and timed from the outside: signal to PID file naming the new process.
+type sighupSeries struct {
+	program, label string
+	took           []time.Duration
+	wrk            *wrkResult // the load during the series, if any
+	err            error
+}
+
 // upgradeResults are the figures of the upgrade section of the report.
 type upgradeResults struct {
 	ctl     []ctlSeries
+	sighup  []sighupSeries
 	reloads []reloadSeries
 }
 
 func (u upgradeResults) failed() bool {
 	for _, s := range u.ctl {
+		if s.err != nil {
+			return true
+		}
+	}
+	for _, s := range u.sighup {
 		if s.err != nil {
 			return true
 		}
@@ -60,8 +75,13 @@ func (u upgradeResults) failed() bool {
 	return false
 }
 
-// measureUpgrades times baton's upgrades idle and under load, then counts
-// what wrk saw go wrong while baton, HAProxy and nginx were reloaded.
+// loadLabel describes the load of the loaded upgrade series.
+const loadLabel = "under wrk -c50, small.txt"
+
+// measureUpgrades times baton's upgrades idle and under load, through the
+// control socket and from the outside, times the minimal tableflip
+// program's upgrades the same outside way, then counts what wrk saw go
+// wrong while baton, HAProxy and nginx were reloaded.
 func (b *bench) measureUpgrades(ctx context.Context) upgradeResults {
 	var u upgradeResults
 	b.progress("baton: %d ctl upgrades, idle", upgradesPerSeries)
@@ -71,6 +91,18 @@ func (b *bench) measureUpgrades(ctx context.Context) upgradeResults {
 	}
 	b.progress("baton: %d ctl upgrades under wrk c=50 small.txt", upgradesPerSeries)
 	u.ctl = append(u.ctl, b.ctlUpgradesLoaded(ctx))
+	baton := b.setupByName(setupBaton)
+	for _, loaded := range []bool{false, true} {
+		if ctx.Err() != nil {
+			return u
+		}
+		s := b.sighupUpgrades(ctx, setupBaton, baton.proc.pgid(), b.batonPID, "http://"+baton.addr+"/small.txt", loaded)
+		u.sighup = append(u.sighup, s)
+	}
+	if ctx.Err() != nil {
+		return u
+	}
+	u.sighup = append(u.sighup, b.tableflipUpgrades(ctx)...)
 	for _, rl := range b.reloaders() {
 		if ctx.Err() != nil {
 			return u
@@ -147,6 +179,122 @@ func (b *bench) ctlUpgrade(ctx context.Context) (ctlUpgrade, error) {
 		return ctlUpgrade{}, fmt.Errorf("ctl upgrade: %s (%v)", resp.Error, runErr)
 	}
 	return *resp.Upgrade, nil
+}
+
+// tableflipUpgrades starts the minimal tableflip program, times its
+// upgrades idle and under load like baton's, and stops it again.
+func (b *bench) tableflipUpgrades(ctx context.Context) []sighupSeries {
+	p, addr, err := b.startServer(ctx, progTableflip, b.startTableflip)
+	if err != nil {
+		return []sighupSeries{{program: progTableflip, label: "idle", err: err}}
+	}
+	defer b.stopProc(p)
+	b.progress("%s on %s (pid %d)", progTableflip, addr, p.pgid())
+	var out []sighupSeries
+	for _, loaded := range []bool{false, true} {
+		if ctx.Err() != nil {
+			break
+		}
+		s := b.sighupUpgrades(ctx, progTableflip, p.pgid(), b.path("tfref.pid"), "http://"+addr+"/small.txt", loaded)
+		if s.err != nil {
+			s.err = fmt.Errorf("%w; log: %s", s.err, p.logTail())
+		}
+		out = append(out, s)
+	}
+	return out
+}
+
+// sighupUpgrades times upgradesPerSeries upgrades of program, running in
+// process group pg and writing pidFile once a new process is ready, idle or
+// under wrk -c50 on url.
+func (b *bench) sighupUpgrades(ctx context.Context, program string, pg int, pidFile, url string, loaded bool) sighupSeries {
+	s := sighupSeries{program: program, label: "idle"}
+	var w *wrkRun
+	if loaded {
+		s.label = loadLabel
+		var err error
+		if w, err = startWrk(ctx, b.tools.wrk, url, 50, 10*time.Minute); err != nil {
+			s.err = err
+			return s
+		}
+		sleepCtx(ctx, time.Second)
+	}
+	b.progress("%s: %d SIGHUP upgrades, %s, timed by the PID file", program, upgradesPerSeries, s.label)
+	s.took, s.err = timeSighups(ctx, pg, pidFile, upgradesPerSeries)
+	if w != nil {
+		sleepCtx(ctx, time.Second)
+		w.stop()
+		res, err := w.wait()
+		if err != nil && s.err == nil {
+			s.err = err
+		}
+		s.wrk = &res
+	}
+	if s.err != nil {
+		b.progress("%s: SIGHUP upgrades: %v", program, s.err)
+	}
+	return s
+}
+
+// timeSighups makes n upgrades of the program in process group pg, one
+// after the other, each triggered by SIGHUP to the PID in pidFile and timed
+// by timeSighup. Before each, it pauses 0.5 s and then waits until the
+// process named in pidFile is the group's only live process: the ones
+// upgraded from have exited, so no upgrade waits for a predecessor's drain
+// (tableflip even refuses to upgrade before its parent has exited).
+func timeSighups(ctx context.Context, pg int, pidFile string, n int) ([]time.Duration, error) {
+	var out []time.Duration
+	for i := 0; i < n; i++ {
+		sleepCtx(ctx, 500*time.Millisecond)
+		old, others := 0, 0
+		err := waitUntil(ctx, 30*time.Second, func() bool {
+			pid, err := readPIDFile(pidFile)
+			if err != nil {
+				return false
+			}
+			old, others = pid, 0
+			for _, p := range groupMembers(pg) {
+				if p.pid != pid {
+					others++
+				}
+			}
+			return others == 0 && alive(pid)
+		})
+		if err != nil {
+			return out, fmt.Errorf("bench: upgrade %d of %d: %d other process(es) besides %d still run: %w", i+1, n, others, old, err)
+		}
+		d, err := timeSighup(ctx, old, pidFile, 30*time.Second)
+		if err != nil {
+			return out, fmt.Errorf("bench: upgrade %d of %d: %w", i+1, n, err)
+		}
+		out = append(out, d)
+	}
+	return out, nil
+}
+
+// timeSighup sends SIGHUP to pid and polls pidFile every 0.2 ms until it
+// names another process, returning the time from the signal to then. It
+// sleeps with nanosleep(2): the Go runtime's timers are only as precise as
+// a millisecond for short sleeps on Linux.
+func timeSighup(ctx context.Context, pid int, pidFile string, timeout time.Duration) (time.Duration, error) {
+	start := time.Now()
+	if err := syscall.Kill(pid, syscall.SIGHUP); err != nil {
+		return 0, fmt.Errorf("SIGHUP %d: %w", pid, err)
+	}
+	pause := syscall.NsecToTimespec(int64(200 * time.Microsecond))
+	for {
+		if p, err := readPIDFile(pidFile); err == nil && p != pid {
+			return time.Since(start), nil
+		}
+		if err := ctx.Err(); err != nil {
+			return 0, err
+		}
+		if time.Since(start) > timeout {
+			return 0, fmt.Errorf("PID file %s still names %d %s after SIGHUP", pidFile, pid, timeout)
+		}
+		ts := pause
+		_ = syscall.Nanosleep(&ts, nil)
+	}
 }
 
 // reloader reloads one setup: reload sends the signal and returns once the
