@@ -77,7 +77,7 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		}
 		return nil, err
 	}
-	resp.Body = &pooledBody{rc: resp.Body, pc: pc, t: t, stop: stop, eof: resp.Body == http.NoBody,
+	resp.Body = &pooledBody{rc: resp.Body, pc: pc, t: t, stop: stop, ctx: ctx, eof: resp.Body == http.NoBody,
 		reuse: !resp.Close && !req.Close && resp.StatusCode != http.StatusSwitchingProtocols}
 	return resp, nil
 }
@@ -247,6 +247,7 @@ func (t *Transport) CloseIdleConnections() {
 // was read to its end, and closes it otherwise.
 type pooledBody struct {
 	rc    io.ReadCloser
+	ctx   context.Context
 	pc    *pconn
 	t     *Transport
 	stop  func() bool
@@ -260,8 +261,13 @@ func (b *pooledBody) Read(p []byte) (int, error) {
 		return 0, io.EOF
 	}
 	n, err := b.rc.Read(p)
-	if err == io.EOF {
+	switch {
+	case err == io.EOF:
 		b.eof = true
+	case err != nil && b.ctx.Err() != nil:
+		// The client went away and poisoned the deadline: say so, rather
+		// than "i/o timeout".
+		err = b.ctx.Err()
 	}
 	return n, err
 }
