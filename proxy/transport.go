@@ -23,10 +23,12 @@ const (
 // Transport is an HTTP/1.1 client for one backend address, built for the
 // proxy's hot path: GET-like requests without a body over pooled keep-alive
 // connections. Unlike http.Transport it runs each exchange on the calling
-// goroutine (no per-connection read and write goroutines to hand off to),
-// and it looks at a pooled connection before using it, so one the server
-// has closed is not used. Requests with a body, and protocol upgrades, go
-// to Fallback. It is safe for concurrent use.
+// goroutine (no per-connection read and write goroutines to hand off to).
+// A pooled connection idle for a while is looked at before use; one that
+// still turns out closed before any of the response came back is replaced
+// by a new connection, once (the request has no body). Requests with a
+// body, and protocol upgrades, go to Fallback. It is safe for concurrent
+// use.
 type Transport struct {
 	Addr                  string        // host:port
 	MaxIdle               int           // pooled idle connections (default 512)
@@ -50,8 +52,6 @@ type pconn struct {
 // checks that the server has not closed it. (A variable for tests.)
 var peekAfter = 20 * time.Millisecond
 
-var errConnUnusable = errors.New("proxy: pooled connection was closed by the server")
-
 // RoundTrip sends req and returns the response, whose body must be closed.
 func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if (req.Body != nil && req.Body != http.NoBody) || req.Header.Get("Upgrade") != "" || req.Method == http.MethodConnect {
@@ -62,24 +62,32 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if err != nil {
 		return nil, err
 	}
-	stop := context.AfterFunc(ctx, func() { _ = pc.c.SetDeadline(time.Unix(1, 0)) })
-	resp, err := t.exchange(pc, req)
-	if err != nil {
+	for {
+		stop := context.AfterFunc(ctx, func() { _ = pc.c.SetDeadline(time.Unix(1, 0)) })
+		resp, err := t.exchange(pc, req)
+		if err == nil {
+			resp.Body = &pooledBody{rc: resp.Body, pc: pc, t: t, stop: stop, ctx: ctx, eof: resp.Body == http.NoBody,
+				reuse: !resp.Close && !req.Close && resp.StatusCode != http.StatusSwitchingProtocols}
+			return resp, nil
+		}
 		stop()
 		pc.c.Close()
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
-		if reused && !errors.Is(err, errResponseStarted) {
-			// Not a sign of trouble: a server closes idle connections when
-			// it likes. The proxy retries a replayable request.
-			return nil, fmt.Errorf("%w: %w", errConnUnusable, err)
+		if !reused || errors.Is(err, errResponseStarted) {
+			return nil, err
 		}
-		return nil, err
+		// A pooled connection the server had closed (it may close idle
+		// ones when it likes, or it died). The request, which has no body,
+		// goes once more on a new connection, as http.Transport does; if
+		// that cannot even connect, the pooled ones are dead too.
+		if pc, err = t.dial(ctx); err != nil {
+			t.CloseIdleConnections()
+			return nil, err
+		}
+		reused = false
 	}
-	resp.Body = &pooledBody{rc: resp.Body, pc: pc, t: t, stop: stop, ctx: ctx, eof: resp.Body == http.NoBody,
-		reuse: !resp.Close && !req.Close && resp.StatusCode != http.StatusSwitchingProtocols}
-	return resp, nil
 }
 
 var errResponseStarted = errors.New("proxy: connection failed in the response")
@@ -176,6 +184,12 @@ func (t *Transport) conn(ctx context.Context) (*pconn, bool, error) {
 		}
 		return pc, true, nil
 	}
+	pc, err := t.dial(ctx)
+	return pc, false, err
+}
+
+// dial opens a new connection to the backend.
+func (t *Transport) dial(ctx context.Context) (*pconn, error) {
 	d := t.DialTimeout
 	if d <= 0 {
 		d = DefaultTransportDialTimeout
@@ -183,9 +197,9 @@ func (t *Transport) conn(ctx context.Context) (*pconn, bool, error) {
 	dialer := net.Dialer{Timeout: d}
 	c, err := dialer.DialContext(ctx, "tcp", t.Addr)
 	if err != nil {
-		return nil, false, err
+		return nil, err
 	}
-	return &pconn{c: c, br: bufio.NewReaderSize(c, 16<<10), bw: bufio.NewWriterSize(c, 4<<10)}, false, nil
+	return &pconn{c: c, br: bufio.NewReaderSize(c, 16<<10), bw: bufio.NewWriterSize(c, 4<<10)}, nil
 }
 
 // usable peeks at an idle connection without blocking: a server that

@@ -273,3 +273,36 @@ func TestTransportFallback(t *testing.T) {
 type RoundTripperFunc func(*http.Request) (*http.Response, error)
 
 func (f RoundTripperFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
+
+// TestTransportRetriesClosedPooledConn: a pooled connection that turns out
+// to be closed (nothing read back) is replaced by a new one, once, and the
+// request succeeds; when the server is gone altogether the error is a
+// dial error and the pool is emptied.
+func TestTransportRetriesClosedPooledConn(t *testing.T) {
+	old := peekAfter
+	peekAfter = time.Hour // never look before use
+	t.Cleanup(func() { peekAfter = old })
+	srv := newRawServer(t, func(c net.Conn, br *bufio.Reader) {
+		if _, err := http.ReadRequest(br); err != nil {
+			return
+		}
+		io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+		// then close, unannounced
+	})
+	tr := &Transport{Addr: srv.ln.Addr().String()}
+	for i := 0; i < 3; i++ {
+		if _, body, err := get(t, tr, "http://x/", "GET"); err != nil || body != "ok" {
+			t.Fatalf("request %d: %q %v", i, body, err)
+		}
+	}
+	srv.ln.Close()
+	if _, _, err := get(t, tr, "http://x/", "GET"); !isDialError(err) {
+		t.Errorf("with the server gone: got %v, want a dial error", err)
+	}
+	tr.mu.Lock()
+	n := len(tr.idle)
+	tr.mu.Unlock()
+	if n != 0 {
+		t.Errorf("idle connections after the server went away: %d, want 0", n)
+	}
+}

@@ -459,3 +459,39 @@ func TestApachePostNoRestart(t *testing.T) {
 	ids, _ := ap.PostIDs()
 	checkPostsOnce(t, l.postIDs(), ids)
 }
+
+// TestOnlyBackendCrashes: the only backend dies (SIGKILL, not a restart
+// baton runs) and comes back a moment later, as systemd would bring it
+// back. The connection failures mark it down, and requests are held, not
+// failed, until a health check sees it again.
+func TestOnlyBackendCrashes(t *testing.T) {
+	lt := backendtest.StartT(t, backendtest.Lighttpd, backendtest.Options{})
+	b := startBaton(t, func(d string) string { return batonConfig(d, "", backendTOML("web1", lt.URL)) })
+	l := startLoad(t, b.addr(), loadSpec{GoGET: 4, Raw: 4})
+	l.progress(t, 20)
+	for _, p := range lt.Processes() {
+		if err := syscall.Kill(p, syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, 10*time.Second, "baton to mark the dead backend down", func() bool {
+		st, err := b.tryStatus()
+		return err == nil && st.Backends[0].State == "down"
+	})
+	// Requests are waiting now; bring the server back.
+	waitFor(t, 10*time.Second, "requests to be held", func() bool {
+		st, err := b.tryStatus()
+		return err == nil && st.Proxy.Held > 0
+	})
+	if err := os.Remove(lt.PIDFile); err != nil && !os.IsNotExist(err) {
+		t.Fatal(err)
+	}
+	if err := lt.StartAgain(); err != nil {
+		t.Fatal(err)
+	}
+	l.progress(t, 20)
+	l.check(t)
+	if st := b.status(); st.Backends[0].State != "up" || st.Proxy.HeldTotal == 0 {
+		t.Errorf("after the backend came back: state %s, held in all %d", st.Backends[0].State, st.Proxy.HeldTotal)
+	}
+}
