@@ -1,9 +1,12 @@
 package backends
 
 import (
+	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"time"
 )
@@ -85,5 +88,70 @@ func (s *Set) kickHealth(b *Backend) {
 	select {
 	case b.kickC <- struct{}{}:
 	default:
+	}
+}
+
+// sentinelConn is a keep-alive connection to the backend, left idle after
+// one request, to watch for the server closing it.
+type sentinelConn struct {
+	c net.Conn
+}
+
+// openSentinel opens a connection, sends one health check on it with
+// keep-alive and reads the answer; it returns nil if the server would not
+// keep the connection open (then there is nothing to watch).
+func (b *Backend) openSentinel(ctx context.Context) *sentinelConn {
+	ctx, cancel := context.WithTimeout(ctx, b.cfg.HealthTimeout)
+	defer cancel()
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "tcp", b.addr)
+	if err != nil {
+		return nil
+	}
+	if dl, ok := ctx.Deadline(); ok {
+		_ = c.SetDeadline(dl)
+	}
+	req, _ := http.NewRequest(http.MethodGet, "http://"+b.addr+b.cfg.HealthPath, nil)
+	req.Header.Set("User-Agent", "baton-health-check")
+	br := bufio.NewReader(c)
+	if err := req.Write(c); err != nil {
+		c.Close()
+		return nil
+	}
+	resp, err := http.ReadResponse(br, req)
+	if err != nil {
+		c.Close()
+		return nil
+	}
+	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+	resp.Body.Close()
+	if resp.Close || br.Buffered() > 0 {
+		c.Close()
+		return nil
+	}
+	_ = c.SetDeadline(time.Time{})
+	return &sentinelConn{c: c}
+}
+
+// waitClosed waits until the server closes the connection, then closes
+// our end.
+func (s *sentinelConn) waitClosed(ctx context.Context) error {
+	defer s.c.Close()
+	stop := context.AfterFunc(ctx, func() { _ = s.c.SetReadDeadline(time.Unix(1, 0)) })
+	defer stop()
+	var b [1]byte
+	_, err := s.c.Read(b[:])
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	if err == nil {
+		return errors.New("the server sent data on an idle connection")
+	}
+	return nil // EOF or reset: closed
+}
+
+func (s *sentinelConn) close() {
+	if s != nil {
+		s.c.Close()
 	}
 }

@@ -282,9 +282,26 @@ func (r *restartRun) signalGraceful() (string, error) {
 	if b.facts.NewChildrenAfterGraceful {
 		before, _ = children(pid)
 	}
+	// A keep-alive connection left idle on the server: the server closes
+	// it when it begins its graceful restart, which tells us the signal
+	// was acted on (the health check that follows then meets the new
+	// configuration, not the old one a moment before it reloads).
+	var sentinel *sentinelConn
+	if b.facts.ClosesIdleOnGraceful {
+		sentinel = b.openSentinel(r.ctx)
+	}
 	r.signaled = true
 	if err := syscall.Kill(pid, b.facts.GracefulRestart); err != nil {
+		sentinel.close()
 		return "", fmt.Errorf("signal %s to pid %d: %w", sigName(b.facts.GracefulRestart), pid, err)
+	}
+	detail := ""
+	if sentinel != nil {
+		t := time.Now()
+		if err := sentinel.waitClosed(r.ctx); err != nil {
+			return "", fmt.Errorf("pid %d did not begin its graceful restart after %s (its idle connection stayed open): %w", pid, sigName(b.facts.GracefulRestart), err)
+		}
+		detail = fmt.Sprintf(", idle connection closed after %s", time.Since(t).Round(time.Microsecond))
 	}
 	if b.facts.NewChildrenAfterGraceful {
 		// Apache's parent keeps its PID; the restart is done when it runs
@@ -308,7 +325,7 @@ func (r *restartRun) signalGraceful() (string, error) {
 			return "", fmt.Errorf("pid %d exited after %s (bad configuration? see the server's error log)", pid, sigName(b.facts.GracefulRestart))
 		}
 	}
-	return fmt.Sprintf("%s to pid %d", sigName(b.facts.GracefulRestart), pid), nil
+	return fmt.Sprintf("%s to pid %d%s", sigName(b.facts.GracefulRestart), pid, detail), nil
 }
 
 func (r *restartRun) stopStart() (string, error) {

@@ -20,6 +20,11 @@ type ServerFacts struct {
 	// NewChildrenAfterGraceful: a graceful restart is finished when the
 	// parent has children that did not exist before the signal (Apache).
 	NewChildrenAfterGraceful bool
+	// ClosesIdleOnGraceful: the graceful restart begins by closing idle
+	// keep-alive connections, so a connection left idle before the signal
+	// shows when the server has acted on it (both; lighttpd then accepts
+	// again only once restarted).
+	ClosesIdleOnGraceful bool
 	// PIDFileRemovedOnStop: the graceful stop removes the PID file at once,
 	// while the old process may still hold the port (Apache WINCH, lighttpd
 	// INT).
@@ -45,6 +50,7 @@ var servers = map[Kind]ServerFacts{
 		ConfigTest:               []string{"-t"},
 		SamePIDAfterGraceful:     true,
 		NewChildrenAfterGraceful: true,
+		ClosesIdleOnGraceful:     true,
 		PIDFileRemovedOnStop:     true,
 		StartMayFindPortBusy:     true,
 		Methods:                  map[Method]bool{MethodGraceful: true, MethodStopStart: true, MethodCommand: true},
@@ -56,6 +62,7 @@ var servers = map[Kind]ServerFacts{
 		Foreground:            []string{"-D"},
 		ConfigTest:            []string{"-tt"},
 		SamePIDAfterGraceful:  true,
+		ClosesIdleOnGraceful:  true,
 		PIDFileRemovedOnStop:  true,
 		StartTruncatesPIDFile: true,
 		Methods:               map[Method]bool{MethodGraceful: true, MethodStopStart: true, MethodCommand: true},

@@ -70,8 +70,20 @@ func TestServerFacts(t *testing.T) {
 					t.Fatal(err)
 				}
 				before, _ := children(pid)
+				idle := (&Backend{cfg: Config{HealthPath: "/", HealthTimeout: 5 * time.Second}, addr: strings.TrimPrefix(s.URL, "http://")}).openSentinel(context.Background())
+				if facts.ClosesIdleOnGraceful && idle == nil {
+					t.Fatal("could not leave a keep-alive connection idle on the server")
+				}
 				if err := syscall.Kill(pid, facts.GracefulRestart); err != nil {
 					t.Fatal(err)
+				}
+				if idle != nil {
+					ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+					err := idle.waitClosed(ctx)
+					cancel()
+					if got, want := err == nil, facts.ClosesIdleOnGraceful; got != want {
+						t.Errorf("idle keep-alive connection closed by %s: got %v (%v), want %v", sigName(facts.GracefulRestart), got, err, want)
+					}
 				}
 				waitFor(t, 10*time.Second, "generation to increase", func() bool {
 					g, err := s.Generation()
