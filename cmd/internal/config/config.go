@@ -250,7 +250,12 @@ func build(f *file, dir string) (*Config, error) {
 	try(duration("proxy.read_header_timeout", f.Proxy.ReadHeaderTimeout, &c.Server.ReadHeaderTimeout))
 	try(duration("proxy.idle_timeout", f.Proxy.IdleTimeout, &c.Server.IdleTimeout))
 	try(positive("proxy.max_header_bytes", f.Proxy.MaxHeaderBytes, &c.Server.MaxHeaderBytes))
-	try(positive("proxy.threads", f.Proxy.Threads, &c.Threads))
+	if t := f.Proxy.Threads; t != nil {
+		if *t < 0 {
+			try(errAt("proxy.threads", "must not be negative, got %d (0: one per CPU)", *t))
+		}
+		c.Threads = *t
+	}
 	try(duration("control.upgrade_timeout", f.Control.UpgradeTimeout, &c.Handoff.UpgradeTimeout))
 	try(duration("control.request_timeout", f.Control.RequestTimeout, &c.ControlTimeout))
 	if err != nil {

@@ -531,3 +531,25 @@ func TestLoad(t *testing.T) {
 		t.Errorf("error: got %q, want %q", err, want)
 	}
 }
+
+// TestReadmeExample keeps the configuration shown in README.md valid.
+func TestReadmeExample(t *testing.T) {
+	b, err := os.ReadFile("../../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	text := string(b)
+	start := strings.Index(text, "```toml\n")
+	if start < 0 {
+		t.Fatal("README.md has no toml block")
+	}
+	text = text[start+len("```toml\n"):]
+	text = text[:strings.Index(text, "```")]
+	c, err := config.Parse("README.md", "/etc/baton/baton.toml", text)
+	if err != nil {
+		t.Fatalf("the README's example does not parse: %v", err)
+	}
+	if len(c.Backends) != 1 || c.Backends[0].Kind != backends.KindApache {
+		t.Errorf("README example: backends %+v", c.Backends)
+	}
+}
