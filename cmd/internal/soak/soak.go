@@ -187,9 +187,7 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	attacker := vegeta.NewAttacker(opts...)
 
 	r := &Report{Rate: o.Rate, Workers: o.Workers, Start: time.Now(), ByKind: map[string]int{}}
-	for _, t := range o.Targets {
-		r.Targets = append(r.Targets, t.Method+" "+t.URL)
-	}
+	r.Targets = describeTargets(o.Targets)
 	col := newCollector(r.Start)
 	ev := &events{}
 
@@ -234,6 +232,28 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	r.Events = ev.list()
 	col.finish(r)
 	return r, nil
+}
+
+// describeTargets lists the distinct targets in order, with how many times
+// each stands in the list (its share of the load) when more than once.
+func describeTargets(ts []vegeta.Target) []string {
+	count := map[string]int{}
+	var order []string
+	for _, t := range ts {
+		k := t.Method + " " + t.URL
+		if count[k] == 0 {
+			order = append(order, k)
+		}
+		count[k]++
+	}
+	out := make([]string, len(order))
+	for i, k := range order {
+		out[i] = k
+		if n := count[k]; n > 1 {
+			out[i] = fmt.Sprintf("%s (x%d)", k, n)
+		}
+	}
+	return out
 }
 
 // restartable asks baton which backends can be restarted.
