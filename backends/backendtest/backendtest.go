@@ -285,9 +285,12 @@ func (s *Server) PID() (int, error) {
 func (s *Server) Processes() []int { return Processes(s.Conf) }
 
 // Processes lists the live (not zombie) processes whose command line
-// contains substr.
+// contains substr; an empty substr matches nothing.
 func Processes(substr string) []int {
 	var out []int
+	if substr == "" {
+		return nil
+	}
 	entries, _ := os.ReadDir("/proc")
 	for _, e := range entries {
 		pid, err := strconv.Atoi(e.Name())
@@ -310,22 +313,31 @@ func Processes(substr string) []int {
 
 // Stop ends every process of the server and waits for them.
 func (s *Server) Stop() error {
-	procs := s.Processes()
-	for _, p := range procs {
+	if left := Terminate(s.Conf, 5*time.Second); len(left) > 0 {
+		return fmt.Errorf("backendtest: %s processes %v did not stop on SIGTERM; killed", s.Kind, left)
+	}
+	return nil
+}
+
+// Terminate sends SIGTERM to every process whose command line contains
+// substr, waits up to grace for them to exit, and SIGKILLs the rest, which
+// it returns. An empty substr matches nothing.
+func Terminate(substr string, grace time.Duration) (killed []int) {
+	if substr == "" {
+		return nil
+	}
+	for _, p := range Processes(substr) {
 		_ = syscall.Kill(p, syscall.SIGTERM)
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for time.Now().Before(deadline) {
-		if len(s.Processes()) == 0 {
-			return nil
-		}
+	deadline := time.Now().Add(grace)
+	for len(Processes(substr)) > 0 && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond)
 	}
-	left := s.Processes()
-	for _, p := range left {
+	killed = Processes(substr)
+	for _, p := range killed {
 		_ = syscall.Kill(p, syscall.SIGKILL)
 	}
-	return fmt.Errorf("backendtest: %s processes %v did not stop on SIGTERM; killed", s.Kind, left)
+	return killed
 }
 
 // Generation reports how many times the server has (re)started: Apache's

@@ -165,16 +165,8 @@ func (b *batonProc) start() {
 func (b *batonProc) processes() []int { return backendtest.Processes(b.cfgPath) }
 
 func (b *batonProc) cleanup() {
-	for _, p := range b.processes() {
-		_ = syscall.Kill(p, syscall.SIGTERM)
-	}
-	deadline := time.Now().Add(20 * time.Second)
-	for len(b.processes()) > 0 && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
-	for _, p := range b.processes() {
-		b.t.Errorf("baton pid %d did not stop within 20s of SIGTERM; killing it", p)
-		_ = syscall.Kill(p, syscall.SIGKILL)
+	for _, p := range backendtest.Terminate(b.cfgPath, 20*time.Second) {
+		b.t.Errorf("baton pid %d did not stop within 20s of SIGTERM; killed it", p)
 	}
 	log := b.log()
 	if strings.Contains(log, "DATA RACE") {

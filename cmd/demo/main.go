@@ -212,20 +212,7 @@ func (d *demo) version() string {
 // cleanup stops every baton generation (found by its config path) and
 // both servers.
 func (d *demo) cleanup() {
-	var batons []int
-	if d.cfg != "" {
-		batons = backendtest.Processes(d.cfg)
-	}
-	for _, p := range batons {
-		_ = syscall.Kill(p, syscall.SIGTERM)
-	}
-	deadline := time.Now().Add(15 * time.Second)
-	for len(backendtest.Processes(d.cfg)) > 0 && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
-	for _, p := range backendtest.Processes(d.cfg) {
-		_ = syscall.Kill(p, syscall.SIGKILL)
-	}
+	backendtest.Terminate(d.cfg, 15*time.Second)
 	for _, s := range []*backendtest.Server{d.apache, d.lighttpd} {
 		if s != nil {
 			if err := s.Stop(); err != nil {
