@@ -103,12 +103,6 @@ func (b *Backend) acquire() bool {
 		atomic.AddInt64(&b.slot.inflight, -1)
 		return false
 	}
-	if e := atomic.LoadUint64(&b.slot.epoch); e != b.seenEpoch.Load() {
-		// The server restarted since this process last used the pool: its
-		// idle connections are stale (Apache closes them at a graceful).
-		b.seenEpoch.Store(e)
-		b.pooled.CloseIdleConnections()
-	}
 	return true
 }
 
@@ -146,8 +140,23 @@ func (b *Backend) noteHealthy() {
 // every live baton generation.
 func (b *Backend) globalInflight() int64 { return atomic.LoadInt64(&b.slot.inflight) }
 
-func (b *Backend) closeIdle() {
+// dropIdleEverywhere advances b's epoch in the shared table, so every baton
+// generation closes its idle pooled connections to b (watchEpochs), and
+// closes this process's at once. A restart does it: those connections
+// would be stale after the server restarts, and an idle one keeps one of
+// Apache's old children busy through a graceful restart.
+func (b *Backend) dropIdleEverywhere() {
+	atomic.AddUint64(&b.slot.epoch, 1)
 	b.pooled.CloseIdleConnections()
+}
+
+// syncEpoch closes this process's idle pooled connections to b if b's
+// epoch moved since it last looked.
+func (b *Backend) syncEpoch() {
+	if e := atomic.LoadUint64(&b.slot.epoch); e != b.seenEpoch.Load() {
+		b.seenEpoch.Store(e)
+		b.pooled.CloseIdleConnections()
+	}
 }
 
 func isDialError(err error) bool {

@@ -21,6 +21,16 @@ func (b *Backend) probe(ctx context.Context) error {
 	return b.probeWithin(ctx, b.cfg.HealthTimeout)
 }
 
+// healthRequest is the health check: GET HealthPath.
+func (b *Backend) healthRequest(ctx context.Context) (*http.Request, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+b.addr+b.cfg.HealthPath, nil)
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("User-Agent", "baton-health-check")
+	return req, nil
+}
+
 // restartProbeTimeout bounds the first check while a restart waits for the
 // server (later ones get twice as long each, up to health_timeout).
 const restartProbeTimeout = 250 * time.Millisecond
@@ -28,11 +38,10 @@ const restartProbeTimeout = 250 * time.Millisecond
 func (b *Backend) probeWithin(ctx context.Context, timeout time.Duration) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+b.addr+b.cfg.HealthPath, nil)
+	req, err := b.healthRequest(ctx)
 	if err != nil {
 		return err
 	}
-	req.Header.Set("User-Agent", "baton-health-check")
 	resp, err := b.fresh.RoundTrip(req)
 	if err != nil {
 		return err
@@ -111,8 +120,11 @@ func (b *Backend) openSentinel(ctx context.Context) *sentinelConn {
 	if dl, ok := ctx.Deadline(); ok {
 		_ = c.SetDeadline(dl)
 	}
-	req, _ := http.NewRequest(http.MethodGet, "http://"+b.addr+b.cfg.HealthPath, nil)
-	req.Header.Set("User-Agent", "baton-health-check")
+	req, err := b.healthRequest(ctx)
+	if err != nil {
+		c.Close()
+		return nil
+	}
 	br := bufio.NewReader(c)
 	if err := req.Write(c); err != nil {
 		c.Close()

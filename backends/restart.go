@@ -200,8 +200,7 @@ func (s *Set) finish(r *restartRun, err error) RestartResult {
 		}
 		r.res.Error = err.Error()
 	}
-	atomic.AddUint64(&b.slot.epoch, 1)
-	b.closeIdle()
+	b.dropIdleEverywhere()
 	b.slot.setResult(r.res.OK, r.res.Duration, r.res.Error)
 	atomic.StoreInt64(&b.slot.owner, 0)
 	b.slot.update(func(w stateWord) stateWord {
@@ -235,17 +234,14 @@ func (r *restartRun) drain() (string, error) {
 	b := r.b
 	ctx, cancel := context.WithTimeout(r.ctx, b.cfg.DrainTimeout)
 	defer cancel()
-	// Every generation closes its idle pooled connections to the backend
-	// (watchEpochs), now and once more when the drain is over.
-	atomic.AddUint64(&b.slot.epoch, 1)
-	b.closeIdle()
+	// Now, and once more when the drain is over.
+	b.dropIdleEverywhere()
 	n0 := b.globalInflight()
 	err := poll(ctx, func() bool { return b.globalInflight() <= 0 })
 	if err != nil && r.ctx.Err() != nil {
 		return "", r.ctx.Err()
 	}
-	atomic.AddUint64(&b.slot.epoch, 1)
-	b.closeIdle()
+	b.dropIdleEverywhere()
 	// Give the other generations' watchers time to see it.
 	select {
 	case <-time.After(3 * epochInterval):

@@ -88,9 +88,7 @@ func New(cfgs []Config, table *StateTable, opts Options) (*Set, error) {
 }
 
 // epochInterval is how often every generation, draining ones included,
-// looks for backends that began a restart, to close its idle pooled
-// connections to them: an idle keep-alive connection keeps one of
-// Apache's old children busy through a graceful restart.
+// looks for backends that began a restart (Backend.dropIdleEverywhere).
 const epochInterval = 10 * time.Millisecond
 
 // watchEpochs closes idle pooled connections to a backend whose restart
@@ -106,10 +104,7 @@ func (s *Set) watchEpochs() {
 		case <-t.C:
 		}
 		for _, b := range s.backends {
-			if e := atomic.LoadUint64(&b.slot.epoch); e != b.seenEpoch.Load() {
-				b.seenEpoch.Store(e)
-				b.pooled.CloseIdleConnections()
-			}
+			b.syncEpoch()
 		}
 	}
 }
