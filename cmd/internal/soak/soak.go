@@ -280,26 +280,34 @@ func restartable(ctx context.Context, socket string) ([]string, error) {
 }
 
 func upgrade(ctx context.Context, socket string) Event {
-	e := Event{Kind: "upgrade", Start: time.Now()}
-	resp, err := control.Do(ctx, socket, control.Request{Cmd: control.CmdUpgrade})
-	e.End = time.Now()
-	switch {
-	case err != nil:
-		e.Detail = err.Error()
-	case !resp.OK:
-		e.Detail = resp.Error
-	default:
-		e.OK = true
-		if u := resp.Upgrade; u != nil {
-			e.Detail = fmt.Sprintf("pid %d, generation %d, ready in %s", u.PID, u.Generation, u.Took.Round(time.Microsecond))
+	return event(ctx, socket, "upgrade", "", control.Request{Cmd: control.CmdUpgrade}, func(resp control.Response) string {
+		u := resp.Upgrade
+		if u == nil {
+			return ""
 		}
-	}
-	return e
+		return fmt.Sprintf("pid %d, generation %d, ready in %s", u.PID, u.Generation, u.Took.Round(time.Microsecond))
+	})
 }
 
 func restartOne(ctx context.Context, socket, name string) Event {
-	e := Event{Kind: "restart", Target: name, Start: time.Now()}
-	resp, err := control.Do(ctx, socket, control.Request{Cmd: control.CmdRestart, Backend: name})
+	return event(ctx, socket, "restart", name, control.Request{Cmd: control.CmdRestart, Backend: name}, func(resp control.Response) string {
+		if len(resp.Restarts) != 1 {
+			return ""
+		}
+		rr := resp.Restarts[0]
+		var steps []string
+		for _, s := range rr.Steps {
+			steps = append(steps, fmt.Sprintf("%s %s", s.Name, s.Duration.Round(time.Millisecond)))
+		}
+		return fmt.Sprintf("pid %d -> %d; %s", rr.OldPID, rr.NewPID, strings.Join(steps, ", "))
+	})
+}
+
+// event sends req to baton's control socket and records it as an event of
+// kind on target: ok with detail(response), or failed with the error.
+func event(ctx context.Context, socket, kind, target string, req control.Request, detail func(control.Response) string) Event {
+	e := Event{Kind: kind, Target: target, Start: time.Now()}
+	resp, err := control.Do(ctx, socket, req)
 	e.End = time.Now()
 	switch {
 	case err != nil:
@@ -308,14 +316,7 @@ func restartOne(ctx context.Context, socket, name string) Event {
 		e.Detail = resp.Error
 	default:
 		e.OK = true
-		if len(resp.Restarts) == 1 {
-			rr := resp.Restarts[0]
-			var steps []string
-			for _, s := range rr.Steps {
-				steps = append(steps, fmt.Sprintf("%s %s", s.Name, s.Duration.Round(time.Millisecond)))
-			}
-			e.Detail = fmt.Sprintf("pid %d -> %d; %s", rr.OldPID, rr.NewPID, strings.Join(steps, ", "))
-		}
+		e.Detail = detail(resp)
 	}
 	return e
 }
