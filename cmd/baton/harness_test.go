@@ -214,6 +214,16 @@ func (b *batonProc) tryStatus() (control.Status, error) {
 	return *resp.Status, nil
 }
 
+// waitStatus polls the control socket until cond holds for the status it
+// answers, or d passes.
+func (b *batonProc) waitStatus(d time.Duration, what string, cond func(control.Status) bool) {
+	b.t.Helper()
+	waitFor(b.t, d, what, func() bool {
+		st, err := b.tryStatus()
+		return err == nil && cond(st)
+	})
+}
+
 func (b *batonProc) status() control.Status {
 	b.t.Helper()
 	st, err := b.tryStatus()

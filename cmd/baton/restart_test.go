@@ -186,11 +186,7 @@ func TestRestartAllPool(t *testing.T) {
 
 	// SIGUSR1 does the same in the background.
 	b.signal(syscall.SIGUSR1)
-	waitFor(t, 60*time.Second, "SIGUSR1's restart of both backends", func() bool {
-		st, err := b.tryStatus()
-		if err != nil {
-			return false
-		}
+	b.waitStatus(60*time.Second, "SIGUSR1's restart of both backends", func(st control.Status) bool {
 		n := 0
 		for _, be := range st.Backends {
 			if be.LastRestart != nil && be.LastRestart.OK && time.Since(be.LastRestart.At) < 30*time.Second && be.State == "up" {
@@ -261,9 +257,8 @@ func TestRestartNeverComesBack(t *testing.T) {
 	if err := lt.StartAgain(); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 10*time.Second, "the backend to be readmitted once healthy", func() bool {
-		st, err := b.tryStatus()
-		return err == nil && st.Backends[0].State == "up"
+	b.waitStatus(10*time.Second, "the backend to be readmitted once healthy", func(st control.Status) bool {
+		return st.Backends[0].State == "up"
 	})
 	resp, err = http.Get("http://" + addr + "/small.txt")
 	if err != nil || resp.StatusCode != 200 {
@@ -391,9 +386,8 @@ func TestUpgradeDuringRestart(t *testing.T) {
 		o, e, c := b.ctl("restart", "web1")
 		restartDone <- result{o, e, c}
 	}()
-	waitFor(t, 10*time.Second, "the restart to start draining", func() bool {
-		st, err := b.tryStatus()
-		return err == nil && st.Backends[0].State == "draining"
+	b.waitStatus(10*time.Second, "the restart to start draining", func(st control.Status) bool {
+		return st.Backends[0].State == "draining"
 	})
 	oldBaton := b.pid()
 	b.signal(syscall.SIGHUP)
@@ -437,9 +431,8 @@ func TestUpgradeDuringRestart(t *testing.T) {
 	if p, _ := lt.PID(); p == oldLT {
 		t.Errorf("lighttpd pid unchanged: the restart did not happen")
 	}
-	waitFor(t, 10*time.Second, "the backend up in the new process", func() bool {
-		st, err := b.tryStatus()
-		return err == nil && st.Backends[0].State == "up" && st.PID == newBaton
+	b.waitStatus(10*time.Second, "the backend up in the new process", func(st control.Status) bool {
+		return st.Backends[0].State == "up" && st.PID == newBaton
 	})
 	l.progress(t, 10)
 	l.check(t)
@@ -474,14 +467,12 @@ func TestOnlyBackendCrashes(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	waitFor(t, 10*time.Second, "baton to mark the dead backend down", func() bool {
-		st, err := b.tryStatus()
-		return err == nil && st.Backends[0].State == "down"
+	b.waitStatus(10*time.Second, "baton to mark the dead backend down", func(st control.Status) bool {
+		return st.Backends[0].State == "down"
 	})
 	// Requests are waiting now; bring the server back.
-	waitFor(t, 10*time.Second, "requests to be held", func() bool {
-		st, err := b.tryStatus()
-		return err == nil && st.Proxy.Held > 0
+	b.waitStatus(10*time.Second, "requests to be held", func(st control.Status) bool {
+		return st.Proxy.Held > 0
 	})
 	if err := os.Remove(lt.PIDFile); err != nil && !os.IsNotExist(err) {
 		t.Fatal(err)

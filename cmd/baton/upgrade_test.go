@@ -18,11 +18,7 @@ import (
 // its backends, so a request is known to be inside before what follows.
 func waitInFlight(t testing.TB, b *batonProc, n int64) {
 	t.Helper()
-	waitFor(t, 10*time.Second, "a request in flight through baton", func() bool {
-		st, err := b.tryStatus()
-		if err != nil {
-			return false
-		}
+	b.waitStatus(10*time.Second, "a request in flight through baton", func(st control.Status) bool {
 		var sum int64
 		for _, be := range st.Backends {
 			sum += be.InFlight
@@ -76,9 +72,8 @@ func TestUpgradeUnderLoad(t *testing.T) {
 	t.Run("bad config", func(t *testing.T) {
 		b.writeConfig(goodConfig(b.dir) + "\n[proxy2]\nlisten = 1\n")
 		b.signal(syscall.SIGHUP)
-		waitFor(t, 20*time.Second, "the failed upgrade to be reported", func() bool {
-			st, err := b.tryStatus()
-			return err == nil && st.LastUpgradeError != ""
+		b.waitStatus(20*time.Second, "the failed upgrade to be reported", func(st control.Status) bool {
+			return st.LastUpgradeError != ""
 		})
 		st := b.status()
 		if !strings.Contains(st.LastUpgradeError, "baton.toml") || !strings.Contains(st.LastUpgradeError, "proxy2") {
@@ -101,9 +96,8 @@ func TestUpgradeUnderLoad(t *testing.T) {
 			t.Fatal(err)
 		}
 		b.signal(syscall.SIGHUP)
-		waitFor(t, 20*time.Second, "the failed upgrade to be reported", func() bool {
-			st, err := b.tryStatus()
-			return err == nil && st.LastUpgradeError != "" && st.LastUpgradeError != before
+		b.waitStatus(20*time.Second, "the failed upgrade to be reported", func(st control.Status) bool {
+			return st.LastUpgradeError != "" && st.LastUpgradeError != before
 		})
 		if err := os.Rename(bin+".good", bin); err != nil {
 			t.Fatal(err)
