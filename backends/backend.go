@@ -36,23 +36,26 @@ func newBackend(cfg Config, slot *stateSlot, set *Set) *Backend {
 	facts := servers[cfg.Kind]
 	dialer := &net.Dialer{Timeout: cfg.DialTimeout, KeepAlive: 30 * time.Second}
 	std := &http.Transport{
-		DialContext:           dialer.DialContext,
-		MaxIdleConns:          0, // no global cap; per host below
-		MaxIdleConnsPerHost:   cfg.MaxIdleConns,
-		IdleConnTimeout:       cfg.IdleConnTimeout,
-		ResponseHeaderTimeout: cfg.ResponseHeaderTimeout,
-		ExpectContinueTimeout: time.Second,
-		DisableCompression:    true, // pass Accept-Encoding through untouched
-		WriteBufferSize:       16 << 10,
-		ReadBufferSize:        16 << 10,
+		DialContext:            dialer.DialContext,
+		MaxIdleConns:           0, // no global cap; per host below
+		MaxIdleConnsPerHost:    cfg.MaxIdleConns,
+		IdleConnTimeout:        cfg.IdleConnTimeout,
+		ResponseHeaderTimeout:  cfg.ResponseHeaderTimeout,
+		ExpectContinueTimeout:  time.Second,
+		DisableCompression:     true, // pass Accept-Encoding through untouched
+		WriteBufferSize:        16 << 10,
+		ReadBufferSize:         16 << 10,
+		MaxResponseHeaderBytes: int64(cfg.MaxResponseHeaderBytes),
 	}
 	pooled := &proxy.Transport{
 		Addr: addr, MaxIdle: cfg.MaxIdleConns, IdleTimeout: cfg.IdleConnTimeout,
 		DialTimeout: cfg.DialTimeout, ResponseHeaderTimeout: cfg.ResponseHeaderTimeout,
-		Fallback: std, // upgrades (WebSocket) keep net/http's handling
+		ReadTimeout: cfg.ReadTimeout, MaxResponseHeaderBytes: cfg.MaxResponseHeaderBytes,
+		Fallback: std, // upgrades (WebSocket) keep net/http's handling, and no read timeout
 	}
 	fresh := std.Clone()
 	fresh.DisableKeepAlives = true
+	fresh.DialContext = proxy.ReadTimeoutDialer(dialer.DialContext, cfg.ReadTimeout)
 	b := &Backend{cfg: cfg, facts: facts, addr: addr, slot: slot, set: set, pooled: pooled, fresh: fresh, kickC: make(chan struct{}, 1)}
 	b.seenEpoch.Store(atomic.LoadUint64(&slot.epoch))
 	return b

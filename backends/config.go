@@ -32,16 +32,18 @@ const (
 
 // Defaults applied by Config.Normalize to zero fields.
 const (
-	DefaultHealthPath            = "/"
-	DefaultHealthInterval        = time.Second
-	DefaultHealthTimeout         = 2 * time.Second
-	DefaultMaxFails              = 2
-	DefaultRestartTimeout        = 60 * time.Second
-	DefaultDrainTimeout          = 30 * time.Second
-	DefaultMaxIdleConns          = 512
-	DefaultIdleConnTimeout       = 4 * time.Second // below Apache's and lighttpd's 5 s keep-alive idle
-	DefaultDialTimeout           = 5 * time.Second
-	DefaultResponseHeaderTimeout = 60 * time.Second
+	DefaultHealthPath             = "/"
+	DefaultHealthInterval         = time.Second
+	DefaultHealthTimeout          = 2 * time.Second
+	DefaultMaxFails               = 2
+	DefaultRestartTimeout         = 60 * time.Second
+	DefaultDrainTimeout           = 30 * time.Second
+	DefaultMaxIdleConns           = 512
+	DefaultIdleConnTimeout        = 4 * time.Second // below Apache's and lighttpd's 5 s keep-alive idle
+	DefaultDialTimeout            = 5 * time.Second
+	DefaultResponseHeaderTimeout  = 60 * time.Second
+	DefaultReadTimeout            = 60 * time.Second
+	DefaultMaxResponseHeaderBytes = 64 << 10
 )
 
 // Config describes one backend. The zero value of every field but Name and
@@ -67,6 +69,13 @@ type Config struct {
 	IdleConnTimeout       time.Duration // idle pooled connections are closed after this (default 4s)
 	DialTimeout           time.Duration // default 5s
 	ResponseHeaderTimeout time.Duration // then 504 (default 60s)
+	// ReadTimeout bounds each wait for more of a response body, as nginx's
+	// proxy_read_timeout does; a stalled response is cut (default 60s).
+	// Protocol upgrades (WebSocket) are not bound by it.
+	ReadTimeout time.Duration
+	// MaxResponseHeaderBytes bounds a response's header block; a larger
+	// one is a 502 (default 64 KiB).
+	MaxResponseHeaderBytes int
 }
 
 // FieldError is a validation error about one configuration key.
@@ -138,6 +147,12 @@ func (c Config) Normalize() Config {
 	if c.ResponseHeaderTimeout == 0 {
 		c.ResponseHeaderTimeout = DefaultResponseHeaderTimeout
 	}
+	if c.ReadTimeout == 0 {
+		c.ReadTimeout = DefaultReadTimeout
+	}
+	if c.MaxResponseHeaderBytes == 0 {
+		c.MaxResponseHeaderBytes = DefaultMaxResponseHeaderBytes
+	}
 	return c
 }
 
@@ -160,7 +175,7 @@ func (c Config) Validate() error {
 		{"health_interval", c.HealthInterval}, {"health_timeout", c.HealthTimeout},
 		{"restart_timeout", c.RestartTimeout}, {"drain_timeout", c.DrainTimeout},
 		{"idle_conn_timeout", c.IdleConnTimeout}, {"dial_timeout", c.DialTimeout},
-		{"response_header_timeout", c.ResponseHeaderTimeout},
+		{"response_header_timeout", c.ResponseHeaderTimeout}, {"read_timeout", c.ReadTimeout},
 	} {
 		if d.v < 0 {
 			return fieldErr(d.key, "must not be negative, got %s", d.v)
@@ -168,6 +183,9 @@ func (c Config) Validate() error {
 	}
 	if c.MaxFails < 0 {
 		return fieldErr("max_fails", "must not be negative, got %d", c.MaxFails)
+	}
+	if c.MaxResponseHeaderBytes < 0 {
+		return fieldErr("max_response_header_bytes", "must not be negative, got %d", c.MaxResponseHeaderBytes)
 	}
 	if c.MaxIdleConns < 0 {
 		return fieldErr("max_idle_conns", "must not be negative, got %d", c.MaxIdleConns)

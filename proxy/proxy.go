@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -98,7 +99,20 @@ func New(pool Pool, cfg Config) *Handler {
 
 // ServeHTTP proxies r.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	h.rp.ServeHTTP(w, r)
+	rw := &respWriter{w: w}
+	defer func() {
+		if v := recover(); v != nil {
+			if v != http.ErrAbortHandler || !rw.abort() {
+				panic(v)
+			}
+			// The response failed before any of it reached the client:
+			// that is a 502, not an empty reply.
+			h.serveError(w, r, rw.failure)
+			return
+		}
+		rw.finish()
+	}()
+	h.rp.ServeHTTP(rw, r.WithContext(context.WithValue(r.Context(), respWriterKey{}, rw)))
 }
 
 // placeholderHost stands in the outbound URL until an upstream is picked.
@@ -152,6 +166,7 @@ func replayable(req *http.Request) bool {
 // connection, so a failure there is a real one and is never replayed.
 func (h *Handler) roundTrip(req *http.Request) (*http.Response, error) {
 	ctx := req.Context()
+	rw, _ := ctx.Value(respWriterKey{}).(*respWriter)
 	replay := replayable(req)
 	var body *heldBody
 	if req.Body != nil && req.Body != http.NoBody {
@@ -186,8 +201,13 @@ func (h *Handler) roundTrip(req *http.Request) (*http.Response, error) {
 		}
 		resp, err := up.Transport(replay).RoundTrip(&out)
 		if err == nil {
-			resp.Body = wrapDone(resp.Body, up)
+			resp.Body = wrapDone(resp.Body, up, rw, up.Name())
 			return resp, nil
+		}
+		if cerr := body.clientErr(); cerr != nil {
+			// The client's body was at fault, not the backend.
+			up.Done(nil)
+			return nil, &clientError{err: cerr}
 		}
 		up.Done(err)
 		if ctx.Err() != nil {
@@ -197,7 +217,9 @@ func (h *Handler) roundTrip(req *http.Request) (*http.Response, error) {
 		if !dial && !replay {
 			return nil, &upstreamError{up: up.Name(), err: err, notRetried: req.Method}
 		}
-		if !dial && (isTimeout(err) || body != nil && body.read.Load() > 0) {
+		if !dial && (isTimeout(err) || errors.Is(err, errResponseStarted) || body != nil && body.read.Load() > 0) {
+			// The backend answered, however badly, or took too long: it
+			// did receive the request, and asking again asks for the same.
 			return nil, &upstreamError{up: up.Name(), err: err}
 		}
 		if attempt >= h.cfg.MaxAttempts {
@@ -336,6 +358,14 @@ func (e *upstreamError) Error() string {
 
 func (e *upstreamError) Unwrap() error { return e.err }
 
+// clientError is a request that failed because of what the client sent
+// (a malformed chunked body, a body cut short): a 400, the client's fault.
+type clientError struct{ err error }
+
+func (e *clientError) Error() string { return "malformed request body: " + e.err.Error() }
+
+func (e *clientError) Unwrap() error { return e.err }
+
 // serveError maps a failure to a status and a one-line plain-text reason.
 func (h *Handler) serveError(w http.ResponseWriter, r *http.Request, err error) {
 	var (
@@ -349,6 +379,9 @@ func (h *Handler) serveError(w http.ResponseWriter, r *http.Request, err error) 
 	case r.Context().Err() != nil:
 		// The client went away; there is nobody to answer.
 		return
+	case errors.As(err, new(*clientError)):
+		code, key = http.StatusBadRequest, "client"
+		w.Header().Set("Connection", "close") // the rest of its body is unreadable
 	case errors.Is(err, errTooManyHeld):
 		code, key = http.StatusServiceUnavailable, "max_held"
 		message = fmt.Sprintf("too many requests waiting for a backend (max_held %d)", h.cfg.MaxHeld)
@@ -387,26 +420,44 @@ func isTimeout(err error) bool {
 // heldBody is a request body that survives a failed attempt: the transport
 // closes what it is given on error, so Close does nothing here (the server
 // closes the real body), and Read counts bytes, so a retry happens only if
-// none were sent.
+// none were sent. It keeps the client's own read error (a malformed
+// chunked body, a body cut short), which makes the failure the client's.
 type heldBody struct {
 	rc   io.ReadCloser
 	read atomic.Int64
+	err  atomic.Pointer[error]
 }
 
 func (b *heldBody) Read(p []byte) (int, error) {
 	n, err := b.rc.Read(p)
 	b.read.Add(int64(n))
+	if err != nil && err != io.EOF {
+		b.err.CompareAndSwap(nil, &err)
+	}
 	return n, err
+}
+
+// clientErr is the error reading the client's body, if any; b may be nil.
+func (b *heldBody) clientErr() error {
+	if b == nil {
+		return nil
+	}
+	if p := b.err.Load(); p != nil {
+		return *p
+	}
+	return nil
 }
 
 func (b *heldBody) Close() error { return nil }
 
-// wrapDone calls up.Done once the response body is closed.
-func wrapDone(body io.ReadCloser, up Upstream) io.ReadCloser {
-	d := &doneBody{ReadCloser: body, up: up}
-	if rw, ok := body.(io.ReadWriteCloser); ok {
+// wrapDone calls up.Done once the response body is closed; while the
+// response header has not reached the client, a read that makes it wait
+// for the backend sends the header first (see respWriter).
+func wrapDone(body io.ReadCloser, up Upstream, rw *respWriter, name string) io.ReadCloser {
+	d := &doneBody{ReadCloser: body, up: up, rw: rw, name: name}
+	if rwc, ok := body.(io.ReadWriteCloser); ok {
 		// A 101 Switching Protocols body is the connection itself.
-		return &doneRWC{doneBody: d, w: rw}
+		return &doneRWC{doneBody: d, w: rwc}
 	}
 	return d
 }
@@ -414,7 +465,29 @@ func wrapDone(body io.ReadCloser, up Upstream) io.ReadCloser {
 type doneBody struct {
 	io.ReadCloser
 	up   Upstream
+	rw   *respWriter
+	name string
 	once sync.Once
+}
+
+func (d *doneBody) Read(p []byte) (int, error) {
+	if d.rw == nil || !d.rw.pending() {
+		return d.ReadCloser.Read(p)
+	}
+	if b, ok := d.ReadCloser.(interface{ Buffered() bool }); ok && b.Buffered() {
+		return d.ReadCloser.Read(p)
+	}
+	// The status and header (and maybe some of the body) are known but
+	// held back, so that a response failing before any byte reaches the
+	// client can still become a 502; if the backend makes us wait, the
+	// client gets them now.
+	t := time.AfterFunc(headerFlushDelay, d.rw.flushHeld)
+	n, err := d.ReadCloser.Read(p)
+	t.Stop()
+	if err != nil && err != io.EOF {
+		d.rw.noteFailure(&upstreamError{up: d.name, err: err})
+	}
+	return n, err
 }
 
 func (d *doneBody) Close() error {
@@ -429,6 +502,159 @@ type doneRWC struct {
 }
 
 func (d *doneRWC) Write(p []byte) (int, error) { return d.w.Write(p) }
+
+// headerFlushDelay is how long a response is held back while the backend
+// sends nothing more.
+const headerFlushDelay = 5 * time.Millisecond
+
+// heldMax is how much of a response body respWriter holds back with the
+// header: a small response travels whole or becomes a 502.
+const heldMax = 4 << 10
+
+var heldBufs = sync.Pool{New: func() any { return new([heldMax]byte) }}
+
+type respWriterKey struct{}
+
+// respWriter holds a response's status, header and first few KiB back
+// until the body is done, more arrives, or the backend makes the proxy
+// wait (headerFlushDelay), so that a response that fails before anything
+// reached the client is answered 502 instead of an empty or cut reply.
+// Its methods may be called from the handler's goroutine and from the
+// flush timer; mu orders them.
+type respWriter struct {
+	w http.ResponseWriter
+
+	mu        sync.Mutex
+	code      int            // held back; 0 if none
+	held      *[heldMax]byte // body bytes held back, nil if none
+	nheld     int            //
+	committed bool           // something was passed to w
+	done      bool           // the handler returned: w must not be touched
+	failure   error          // why the backend's response broke
+}
+
+func (rw *respWriter) Header() http.Header { return rw.w.Header() }
+
+func (rw *respWriter) WriteHeader(code int) {
+	rw.mu.Lock()
+	defer rw.mu.Unlock()
+	if code < 200 {
+		// Informational responses go at once (net/http writes them as
+		// they come).
+		rw.w.WriteHeader(code)
+		return
+	}
+	if rw.code == 0 && !rw.committed {
+		rw.code = code
+	}
+}
+
+func (rw *respWriter) commitLocked() error {
+	if rw.committed {
+		return nil
+	}
+	rw.committed = true
+	if rw.code != 0 {
+		rw.w.WriteHeader(rw.code)
+	}
+	if rw.held == nil {
+		return nil
+	}
+	_, err := rw.w.Write(rw.held[:rw.nheld])
+	heldBufs.Put(rw.held)
+	rw.held, rw.nheld = nil, 0
+	return err
+}
+
+func (rw *respWriter) Write(p []byte) (int, error) {
+	rw.mu.Lock()
+	defer rw.mu.Unlock()
+	if !rw.committed && rw.nheld+len(p) <= heldMax {
+		if rw.held == nil {
+			rw.held = heldBufs.Get().(*[heldMax]byte)
+		}
+		rw.nheld += copy(rw.held[rw.nheld:], p)
+		return len(p), nil
+	}
+	if err := rw.commitLocked(); err != nil {
+		return 0, err
+	}
+	return rw.w.Write(p)
+}
+
+// Flush implements http.Flusher (ReverseProxy flushes streamed responses).
+func (rw *respWriter) Flush() {
+	rw.mu.Lock()
+	defer rw.mu.Unlock()
+	_ = rw.commitLocked()
+	_ = http.NewResponseController(rw.w).Flush()
+}
+
+// Hijack implements http.Hijacker for protocol upgrades.
+func (rw *respWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	rw.mu.Lock()
+	defer rw.mu.Unlock()
+	rw.committed = true
+	return http.NewResponseController(rw.w).Hijack()
+}
+
+// Unwrap lets http.ResponseController reach the connection.
+func (rw *respWriter) Unwrap() http.ResponseWriter { return rw.w }
+
+// pending reports whether a status or body bytes are held back.
+func (rw *respWriter) pending() bool {
+	rw.mu.Lock()
+	defer rw.mu.Unlock()
+	return !rw.committed && (rw.code != 0 || rw.nheld > 0)
+}
+
+// flushHeld sends what is held back to the client.
+func (rw *respWriter) flushHeld() {
+	rw.mu.Lock()
+	defer rw.mu.Unlock()
+	if rw.done || rw.committed {
+		return
+	}
+	_ = rw.commitLocked()
+	_ = http.NewResponseController(rw.w).Flush()
+}
+
+func (rw *respWriter) noteFailure(err error) {
+	rw.mu.Lock()
+	defer rw.mu.Unlock()
+	if rw.failure == nil {
+		rw.failure = err
+	}
+}
+
+// abort ends a response whose copy failed: it reports true when nothing
+// reached the client yet, after dropping what was held back, so that an
+// error response can be written instead.
+func (rw *respWriter) abort() bool {
+	rw.mu.Lock()
+	defer rw.mu.Unlock()
+	rw.done = true
+	if rw.committed {
+		return false
+	}
+	if rw.held != nil {
+		heldBufs.Put(rw.held)
+		rw.held, rw.nheld = nil, 0
+	}
+	if rw.failure == nil {
+		rw.failure = errors.New("backend response failed")
+	}
+	clear(rw.w.Header())
+	return true
+}
+
+// finish sends what is held back when the handler ends.
+func (rw *respWriter) finish() {
+	rw.mu.Lock()
+	defer rw.mu.Unlock()
+	_ = rw.commitLocked()
+	rw.done = true
+}
 
 // bufferPool reuses ReverseProxy's copy buffers instead of allocating 32 KiB
 // per response.

@@ -92,23 +92,25 @@ type fileLog struct {
 }
 
 type fileBackend struct {
-	Name                  string   `toml:"name"`
-	URL                   string   `toml:"url"`
-	HealthPath            string   `toml:"health_path"`
-	HealthInterval        string   `toml:"health_interval"`
-	HealthTimeout         string   `toml:"health_timeout"`
-	MaxFails              *int     `toml:"max_fails"`
-	Kind                  string   `toml:"kind"`
-	PIDFile               string   `toml:"pid_file"`
-	Restart               string   `toml:"restart"`
-	StartCommand          []string `toml:"start_command"`
-	RestartCommand        []string `toml:"restart_command"`
-	RestartTimeout        string   `toml:"restart_timeout"`
-	DrainTimeout          string   `toml:"drain_timeout"`
-	MaxIdleConns          *int     `toml:"max_idle_conns"`
-	IdleConnTimeout       string   `toml:"idle_conn_timeout"`
-	DialTimeout           string   `toml:"dial_timeout"`
-	ResponseHeaderTimeout string   `toml:"response_header_timeout"`
+	Name                   string   `toml:"name"`
+	URL                    string   `toml:"url"`
+	HealthPath             string   `toml:"health_path"`
+	HealthInterval         string   `toml:"health_interval"`
+	HealthTimeout          string   `toml:"health_timeout"`
+	MaxFails               *int     `toml:"max_fails"`
+	Kind                   string   `toml:"kind"`
+	PIDFile                string   `toml:"pid_file"`
+	Restart                string   `toml:"restart"`
+	StartCommand           []string `toml:"start_command"`
+	RestartCommand         []string `toml:"restart_command"`
+	RestartTimeout         string   `toml:"restart_timeout"`
+	DrainTimeout           string   `toml:"drain_timeout"`
+	MaxIdleConns           *int     `toml:"max_idle_conns"`
+	IdleConnTimeout        string   `toml:"idle_conn_timeout"`
+	DialTimeout            string   `toml:"dial_timeout"`
+	ResponseHeaderTimeout  string   `toml:"response_header_timeout"`
+	ReadTimeout            string   `toml:"read_timeout"`
+	MaxResponseHeaderBytes *int     `toml:"max_response_header_bytes"`
 }
 
 type file struct {
@@ -334,6 +336,8 @@ func buildBackend(fb fileBackend, drain time.Duration) (backends.Config, error) 
 	try(duration("idle_conn_timeout", fb.IdleConnTimeout, &b.IdleConnTimeout))
 	try(duration("dial_timeout", fb.DialTimeout, &b.DialTimeout))
 	try(duration("response_header_timeout", fb.ResponseHeaderTimeout, &b.ResponseHeaderTimeout))
+	try(duration("read_timeout", fb.ReadTimeout, &b.ReadTimeout))
+	try(positive("max_response_header_bytes", fb.MaxResponseHeaderBytes, &b.MaxResponseHeaderBytes))
 	if err != nil {
 		return b, err
 	}

@@ -34,19 +34,21 @@ url = "http://127.0.0.1:8081"
 // timeout the proxy's.
 func defaultBackend(name, url string, drain time.Duration) backends.Config {
 	return backends.Config{
-		Name:                  name,
-		URL:                   url,
-		HealthPath:            "/",
-		HealthInterval:        backends.DefaultHealthInterval,
-		HealthTimeout:         backends.DefaultHealthTimeout,
-		MaxFails:              backends.DefaultMaxFails,
-		Kind:                  backends.KindNone,
-		RestartTimeout:        backends.DefaultRestartTimeout,
-		DrainTimeout:          drain,
-		MaxIdleConns:          backends.DefaultMaxIdleConns,
-		IdleConnTimeout:       backends.DefaultIdleConnTimeout,
-		DialTimeout:           backends.DefaultDialTimeout,
-		ResponseHeaderTimeout: backends.DefaultResponseHeaderTimeout,
+		Name:                   name,
+		URL:                    url,
+		HealthPath:             "/",
+		HealthInterval:         backends.DefaultHealthInterval,
+		HealthTimeout:          backends.DefaultHealthTimeout,
+		MaxFails:               backends.DefaultMaxFails,
+		Kind:                   backends.KindNone,
+		RestartTimeout:         backends.DefaultRestartTimeout,
+		DrainTimeout:           drain,
+		MaxIdleConns:           backends.DefaultMaxIdleConns,
+		IdleConnTimeout:        backends.DefaultIdleConnTimeout,
+		DialTimeout:            backends.DefaultDialTimeout,
+		ResponseHeaderTimeout:  backends.DefaultResponseHeaderTimeout,
+		ReadTimeout:            backends.DefaultReadTimeout,
+		MaxResponseHeaderBytes: backends.DefaultMaxResponseHeaderBytes,
 	}
 }
 
@@ -90,6 +92,8 @@ max_idle_conns = 64
 idle_conn_timeout = "3s"
 dial_timeout = "1500ms"
 response_header_timeout = "30s"
+read_timeout = "90s"
+max_response_header_bytes = 16384
 
 [[backend]]
 name = "lighty"
@@ -119,6 +123,8 @@ func fullWant() *config.Config {
 	apache.IdleConnTimeout = 3 * time.Second
 	apache.DialTimeout = 1500 * time.Millisecond
 	apache.ResponseHeaderTimeout = 30 * time.Second
+	apache.ReadTimeout = 90 * time.Second
+	apache.MaxResponseHeaderBytes = 16384
 
 	lighty := defaultBackend("lighty", "http://127.0.0.1:8082/", 45*time.Second)
 	lighty.Kind = backends.KindLighttpd
