@@ -55,5 +55,10 @@ func (l *burstLog) note(key string, code int, r *http.Request, msg string) {
 	if suppressed > 0 {
 		args = append(args, "similar_since_last_log", suppressed)
 	}
+	if code < 500 {
+		// The client's fault, not baton's nor the backend's.
+		l.log.Info("client error", args...)
+		return
+	}
 	l.log.Warn("proxy error", args...)
 }
