@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -264,4 +265,90 @@ func TestIdleConnsClosedWithoutTraffic(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("the idle pooled connection was not closed within 5s of its 200ms idle timeout")
 	}
+}
+
+// recorder is an Observer that keeps copies of what it saw.
+type recorder struct {
+	mu sync.Mutex
+	ex []proxy.Exchange
+}
+
+func (r *recorder) Observe(e *proxy.Exchange) {
+	r.mu.Lock()
+	r.ex = append(r.ex, *e)
+	r.mu.Unlock()
+}
+
+func (r *recorder) last(t *testing.T) proxy.Exchange {
+	t.Helper()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.ex) == 0 {
+		t.Fatal("the observer saw nothing")
+	}
+	return r.ex[len(r.ex)-1]
+}
+
+// TestObserver: every request, answered or failed, reaches the Observer
+// once, with the status the client saw, the backend, bytes and how it
+// ended.
+func TestObserver(t *testing.T) {
+	m, err := backendtest.StartMisbehaving()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(m.Close)
+	u := &realUpstream{addr: m.Addr, pooled: &proxy.Transport{Addr: m.Addr},
+		fresh: &http.Transport{DisableKeepAlives: true}}
+	t.Cleanup(u.pooled.CloseIdleConnections)
+	rec := &recorder{}
+	_, srv := front(t, onePool{u}, proxy.Config{Observer: rec})
+	for _, tc := range []struct {
+		method, path string
+		body         string
+		status       int
+		term         proxy.Termination
+		bytesOut     int64
+	}{
+		{"GET", "/hello", "", 200, proxy.TermOK, int64(len("/hello\n"))},
+		{"POST", "/post", "12345", 200, proxy.TermOK, int64(len("/post\n"))},
+		{"GET", "/garbage", "", 502, proxy.TermBackendError, -1},
+		{"GET", "/short-close", "", 502, proxy.TermBackendError, -1},
+	} {
+		t.Run(tc.method+tc.path, func(t *testing.T) {
+			var body io.Reader
+			if tc.body != "" {
+				body = strings.NewReader(tc.body)
+			}
+			req, _ := http.NewRequest(tc.method, srv.URL+tc.path, body)
+			req.Header.Set("User-Agent", "observer-test")
+			r := do(t, newClient(t), req)
+			if r.code != tc.status {
+				t.Fatalf("status %d, want %d", r.code, tc.status)
+			}
+			e := rec.last(t)
+			if e.Status != tc.status || e.Term != tc.term || e.Backend != "bad" || e.Method != tc.method ||
+				e.URI != tc.path || e.UserAgent != "observer-test" || e.Attempts != 1 || e.Total <= 0 {
+				t.Errorf("got %+v, want status %d term %s backend bad", e, tc.status, tc.term)
+			}
+			if tc.bytesOut >= 0 && e.BytesOut != tc.bytesOut {
+				t.Errorf("bytes out %d, want %d", e.BytesOut, tc.bytesOut)
+			}
+			if tc.body != "" && e.BytesIn != int64(len(tc.body)) {
+				t.Errorf("bytes in %d, want %d", e.BytesIn, len(tc.body))
+			}
+		})
+	}
+	t.Run("hold timeout", func(t *testing.T) {
+		pool := newPool()
+		rec := &recorder{}
+		_, srv := front(t, pool, proxy.Config{Observer: rec, HoldTimeout: 50 * time.Millisecond})
+		if r := get(t, newClient(t), srv.URL+"/x"); r.code != 503 {
+			t.Fatalf("status %d, want 503", r.code)
+		}
+		e := rec.last(t)
+		if e.Status != 503 || e.Term != proxy.TermHoldTimeout || e.Held < 50*time.Millisecond {
+			t.Errorf("got %+v, want 503 hold_timeout held >= 50ms", e)
+		}
+	})
 }

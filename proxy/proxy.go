@@ -40,6 +40,9 @@ type Config struct {
 	// ErrorLogInterval is the window in which repeats of an error are
 	// counted instead of logged. Default 5s.
 	ErrorLogInterval time.Duration
+	// Observer, if set, receives every finished request (access log,
+	// metrics).
+	Observer Observer
 }
 
 // Handler is an http.Handler that sends each request to an upstream chosen
@@ -91,7 +94,7 @@ func New(pool Pool, cfg Config) *Handler {
 		Rewrite:      rewrite,
 		Transport:    roundTripper{h},
 		BufferPool:   bufferPool{},
-		ErrorHandler: h.serveError,
+		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) { h.serveError(w, r, err) },
 		ErrorLog:     slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
 	return h
@@ -100,19 +103,49 @@ func New(pool Pool, cfg Config) *Handler {
 // ServeHTTP proxies r.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	rw := &respWriter{w: w}
+	rw.ex.Start = time.Now()
+	r = r.WithContext(context.WithValue(r.Context(), respWriterKey{}, rw))
 	defer func() {
-		if v := recover(); v != nil {
-			if v != http.ErrAbortHandler || !rw.abort() {
-				panic(v)
-			}
+		v := recover()
+		switch {
+		case v == nil:
+			rw.finish()
+		case v == http.ErrAbortHandler && rw.abort():
 			// The response failed before any of it reached the client:
 			// that is a 502, not an empty reply.
-			h.serveError(w, r, rw.failure)
-			return
+			rw.errStatus = h.serveError(w, r, rw.failure)
+			rw.ex.Status = rw.errStatus
+		default:
+			// Cut short after some of it reached the client: net/http
+			// closes the connection, which the client sees.
+			rw.ex.Term = TermBackendError
+			if r.Context().Err() != nil {
+				rw.ex.Term = TermClientAborted
+			}
 		}
-		rw.finish()
+		if h.cfg.Observer != nil {
+			h.observe(rw, r)
+		}
+		if v != nil && !(v == http.ErrAbortHandler && rw.errStatus != 0) {
+			panic(v)
+		}
 	}()
-	h.rp.ServeHTTP(rw, r.WithContext(context.WithValue(r.Context(), respWriterKey{}, rw)))
+	h.rp.ServeHTTP(rw, r)
+}
+
+// observe completes rw's Exchange and hands it to the Observer.
+func (h *Handler) observe(rw *respWriter, r *http.Request) {
+	e := &rw.ex
+	e.Total = time.Since(e.Start)
+	e.RemoteAddr, e.Method, e.URI, e.Proto, e.Host = r.RemoteAddr, r.Method, r.RequestURI, r.Proto, r.Host
+	e.Referer, e.UserAgent, e.TLS = r.Referer(), r.UserAgent(), r.TLS != nil
+	rw.mu.Lock()
+	if e.Status == 0 {
+		e.Status = rw.code
+	}
+	e.BytesOut = rw.written
+	rw.mu.Unlock()
+	h.cfg.Observer.Observe(e)
 }
 
 // placeholderHost stands in the outbound URL until an upstream is picked.
@@ -184,7 +217,12 @@ func (h *Handler) roundTrip(req *http.Request) (*http.Response, error) {
 			if deadline.IsZero() {
 				deadline = time.Now().Add(h.cfg.HoldTimeout)
 			}
-			if err := h.hold(ctx, deadline); err != nil {
+			held := time.Now()
+			err := h.hold(ctx, deadline)
+			if rw != nil {
+				rw.ex.Held += time.Since(held)
+			}
+			if err != nil {
 				if errors.Is(err, errHoldTimeout) {
 					return nil, &holdError{timeout: h.cfg.HoldTimeout, why: h.pool.Unavailable(), last: lastErr, lastUp: lastUp}
 				}
@@ -199,7 +237,14 @@ func (h *Handler) roundTrip(req *http.Request) (*http.Response, error) {
 		if body != nil {
 			out.Body = body
 		}
+		sent := time.Now()
 		resp, err := up.Transport(replay).RoundTrip(&out)
+		if rw != nil {
+			rw.ex.Backend, rw.ex.Attempts, rw.ex.Upstream = up.Name(), attempt, time.Since(sent)
+			if body != nil {
+				rw.ex.BytesIn = body.read.Load()
+			}
+		}
 		if err == nil {
 			resp.Body = wrapDone(resp.Body, up, rw, up.Name())
 			return resp, nil
@@ -366,45 +411,28 @@ func (e *clientError) Error() string { return "malformed request body: " + e.err
 
 func (e *clientError) Unwrap() error { return e.err }
 
-// serveError maps a failure to a status and a one-line plain-text reason.
-func (h *Handler) serveError(w http.ResponseWriter, r *http.Request, err error) {
-	var (
-		code    int
-		key     = "error"
-		he      *holdError
-		ue      *upstreamError
-		message = err.Error()
-	)
-	switch {
-	case r.Context().Err() != nil:
-		// The client went away; there is nobody to answer.
-		return
-	case errors.As(err, new(*clientError)):
-		code, key = http.StatusBadRequest, "client"
-		w.Header().Set("Connection", "close") // the rest of its body is unreadable
-	case errors.Is(err, errTooManyHeld):
-		code, key = http.StatusServiceUnavailable, "max_held"
-		message = fmt.Sprintf("too many requests waiting for a backend (max_held %d)", h.cfg.MaxHeld)
-		w.Header().Set("Retry-After", "1")
-	case errors.As(err, &he):
-		if he.last != nil {
-			code, key = http.StatusBadGateway, "hold/"+he.lastUp
-		} else {
-			code, key = http.StatusServiceUnavailable, "hold"
-			w.Header().Set("Retry-After", "1")
-		}
-	case errors.As(err, &ue) && isTimeout(ue.err):
-		code, key = http.StatusGatewayTimeout, "timeout/"+ue.up
-	case errors.As(err, &ue):
-		code, key = http.StatusBadGateway, "upstream/"+ue.up
-	default:
-		code = http.StatusBadGateway
+// serveError answers a failure with its status and a one-line plain-text
+// reason (ClassifyError), logged once per burst.
+func (h *Handler) serveError(w http.ResponseWriter, r *http.Request, err error) int {
+	f := ClassifyError(r.Context(), err, h.cfg.MaxHeld)
+	if rw, ok := r.Context().Value(respWriterKey{}).(*respWriter); ok {
+		rw.ex.Term = f.Term
 	}
-	h.errs.note(key, code, r, message)
+	if f.Term == TermClientAborted {
+		return 0 // the client went away; there is nobody to answer
+	}
+	h.errs.note(f.key, f.Status, r, f.Message)
+	if f.RetryAfter {
+		w.Header().Set("Retry-After", "1")
+	}
+	if f.Close {
+		w.Header().Set("Connection", "close") // e.g. the rest of a bad body is unreadable
+	}
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	w.Header().Set("X-Content-Type-Options", "nosniff")
-	w.WriteHeader(code)
-	fmt.Fprintf(w, "%d %s: %s\n", code, http.StatusText(code), message)
+	w.WriteHeader(f.Status)
+	fmt.Fprintf(w, "%d %s: %s\n", f.Status, http.StatusText(f.Status), f.Message)
+	return f.Status
 }
 
 func isDialError(err error) bool {
@@ -527,10 +555,14 @@ type respWriter struct {
 	mu        sync.Mutex
 	code      int            // held back; 0 if none
 	held      *[heldMax]byte // body bytes held back, nil if none
-	nheld     int            //
+	nheld     int            // how many
 	committed bool           // something was passed to w
 	done      bool           // the handler returned: w must not be touched
 	failure   error          // why the backend's response broke
+	written   int64          // body bytes passed on
+	errStatus int            // the status of the error response written after an abort
+
+	ex Exchange // filled as the request goes
 }
 
 func (rw *respWriter) Header() http.Header { return rw.w.Header() }
@@ -574,12 +606,15 @@ func (rw *respWriter) Write(p []byte) (int, error) {
 			rw.held = heldBufs.Get().(*[heldMax]byte)
 		}
 		rw.nheld += copy(rw.held[rw.nheld:], p)
+		rw.written += int64(len(p))
 		return len(p), nil
 	}
 	if err := rw.commitLocked(); err != nil {
 		return 0, err
 	}
-	return rw.w.Write(p)
+	n, err := rw.w.Write(p)
+	rw.written += int64(n)
+	return n, err
 }
 
 // Flush implements http.Flusher (ReverseProxy flushes streamed responses).
@@ -595,6 +630,7 @@ func (rw *respWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	rw.mu.Lock()
 	defer rw.mu.Unlock()
 	rw.committed = true
+	rw.code, rw.ex.Term = http.StatusSwitchingProtocols, TermUpgraded
 	return http.NewResponseController(rw.w).Hijack()
 }
 
@@ -641,6 +677,7 @@ func (rw *respWriter) abort() bool {
 		heldBufs.Put(rw.held)
 		rw.held, rw.nheld = nil, 0
 	}
+	rw.written, rw.code = 0, 0
 	if rw.failure == nil {
 		rw.failure = errors.New("backend response failed")
 	}
