@@ -85,7 +85,8 @@ func (s *Set) RestartAll(ctx context.Context) ([]RestartResult, error) {
 }
 
 // Precheck finds what would make a restart fail before anything is done:
-// no restart method, a missing PID file, a dead process, a command that is
+// no restart method, a missing PID file, a dead process, a PID file naming
+// a process that is not the server (see verifyProcess), a command that is
 // not there.
 func (b *Backend) Precheck() error {
 	c := b.cfg
@@ -98,7 +99,7 @@ func (b *Backend) Precheck() error {
 		}
 		return nil
 	}
-	if _, err := readPID(c.PIDFile); err != nil {
+	if _, err := b.signalTarget(); err != nil {
 		return err
 	}
 	if c.Restart == MethodStopStart {
@@ -267,9 +268,23 @@ func (r *restartRun) restartServer() (string, error) {
 	}
 }
 
+// signalTarget reads the PID file and checks that it names the server,
+// the process baton may signal. It runs in Precheck and again right
+// before each signal: the file may change during the drain.
+func (b *Backend) signalTarget() (int, error) {
+	pid, err := readPID(b.cfg.PIDFile)
+	if err != nil {
+		return 0, err
+	}
+	if err := verifyProcess(b.cfg, pid, b.set.generationPIDs()); err != nil {
+		return 0, err
+	}
+	return pid, nil
+}
+
 func (r *restartRun) signalGraceful() (string, error) {
 	b := r.b
-	pid, err := readPID(b.cfg.PIDFile)
+	pid, err := b.signalTarget()
 	if err != nil {
 		return "", err
 	}
@@ -326,7 +341,7 @@ func (r *restartRun) signalGraceful() (string, error) {
 
 func (r *restartRun) stopStart() (string, error) {
 	b := r.b
-	pid, err := readPID(b.cfg.PIDFile)
+	pid, err := b.signalTarget()
 	if err != nil {
 		return "", err
 	}

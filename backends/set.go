@@ -345,6 +345,12 @@ func (s *Set) Status() []Status {
 	return out
 }
 
+// generationPIDs lists the live baton generations known to the state
+// table, never to be signalled as a backend.
+func (s *Set) generationPIDs() map[int]bool {
+	return map[int]bool{s.pid: true}
+}
+
 // Restartable lists the names of the backends that have a restart method,
 // in config order.
 func (s *Set) Restartable() []string {

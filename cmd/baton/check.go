@@ -81,14 +81,16 @@ func checkRuntime(cfg *config.Config) error {
 			if _, err := exec.LookPath(b.RestartCommand[0]); err != nil {
 				return &config.Error{File: cfg.Path, Key: key("restart_command"), Err: err}
 			}
-			continue
+			if b.PIDFile == "" || b.ProcessExe == "" {
+				continue
+			}
 		}
 		if len(b.StartCommand) > 0 {
 			if _, err := exec.LookPath(b.StartCommand[0]); err != nil {
 				return &config.Error{File: cfg.Path, Key: key("start_command"), Err: err}
 			}
 		}
-		if _, err := backends.CheckPIDFile(b.PIDFile); err != nil {
+		if _, err := backends.CheckPIDFile(b); err != nil {
 			return &config.Error{File: cfg.Path, Key: key("pid_file"), Err: err}
 		}
 	}
