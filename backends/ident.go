@@ -313,3 +313,30 @@ func verifyProcess(c Config, pid int, gens map[int]bool) error {
 	}
 	return nil
 }
+
+// clockTicks is USER_HZ, the unit of /proc/PID/stat times: 100 on every
+// Linux architecture.
+const clockTicks = 100
+
+// procStartTime is when pid started, from its start time in ticks after
+// boot and the boot time in /proc/stat (whole seconds).
+func procStartTime(pid int) (time.Time, error) {
+	st, err := readStat(pid)
+	if err != nil {
+		return time.Time{}, err
+	}
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return time.Time{}, err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "btime "); ok {
+			boot, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+			if err != nil {
+				return time.Time{}, fmt.Errorf("/proc/stat btime %q: %w", v, err)
+			}
+			return time.Unix(boot, 0).Add(time.Duration(st.start) * time.Second / clockTicks), nil
+		}
+	}
+	return time.Time{}, errors.New("/proc/stat: no btime")
+}

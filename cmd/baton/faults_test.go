@@ -138,16 +138,20 @@ func TestRestartRefusesWrongPID(t *testing.T) {
 // every later restart waited the whole drain_timeout. Counts now belong
 // to a generation, and a dead generation's are reclaimed.
 func TestKilledGenerationInFlight(t *testing.T) {
-	ap := backendtest.StartT(t, backendtest.Apache, backendtest.Options{})
+	lt := backendtest.StartT(t, backendtest.Lighttpd, backendtest.Options{})
 	b := startBaton(t, func(dir string) string {
-		return batonConfig(dir, "", restartable("web1", ap, "graceful")) // drain_timeout 10s
+		return batonConfig(dir, "", restartable("web1", lt, "stop-start")) // drain_timeout 10s
 	})
 	addr := b.addr()
-	slow1, slow2 := slowRequest(addr, 20), slowRequest(addr, 20)
+	// Long enough to outlive the upgrade and the kill.
+	slow1, slow2 := slowRequest(addr, 8), slowRequest(addr, 8)
 	waitInFlight(t, b, 2)
 	old := b.pid()
 	b.signal(syscall.SIGHUP)
 	b.waitNewPID(old)
+	if st := b.status(); st.Backends[0].InFlight != 2 || st.Backends[0].InFlightHere != 0 {
+		t.Fatalf("before the kill: in flight %d, here %d; want 2 in the old generation", st.Backends[0].InFlight, st.Backends[0].InFlightHere)
+	}
 	select {
 	case <-b.exited:
 		t.Fatalf("the old generation exited while draining two slow requests")
