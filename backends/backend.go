@@ -25,6 +25,7 @@ type Backend struct {
 	fresh  *http.Transport  // one connection per request, for the rest
 
 	inflight  atomic.Int64 // this process's share of slot.inflight
+	gen       *genEntry    // this generation's entry in slot; nil: global count only
 	fails     atomic.Int64 // consecutive failures, active or passive
 	seenEpoch atomic.Uint64
 	lastErr   atomic.Pointer[string] // last health or connection error, for status
@@ -82,8 +83,7 @@ func (b *Backend) Transport(replayable bool) http.RoundTripper {
 // Done releases the request's in-flight count and records a connection
 // failure or success for passive health.
 func (b *Backend) Done(err error) {
-	b.inflight.Add(-1)
-	atomic.AddInt64(&b.slot.inflight, -1)
+	b.release()
 	if err == nil {
 		b.fails.Store(0)
 		return
@@ -100,13 +100,28 @@ func (b *Backend) Done(err error) {
 // request sees the phase.
 func (b *Backend) acquire() bool {
 	b.inflight.Add(1)
+	// The global count goes up first and down last: a reclaimer subtracts
+	// what the entry holds from the global count, so if this process dies
+	// between the two, the entry holds less than it added there (a count
+	// kept too long, costing a drain_timeout), never more (a drain that
+	// ends under a request).
 	atomic.AddInt64(&b.slot.inflight, 1)
+	if b.gen != nil {
+		atomic.AddInt64(&b.gen.count, 1)
+	}
 	if !b.slot.load().routable() {
-		b.inflight.Add(-1)
-		atomic.AddInt64(&b.slot.inflight, -1)
+		b.release()
 		return false
 	}
 	return true
+}
+
+func (b *Backend) release() {
+	b.inflight.Add(-1)
+	if b.gen != nil {
+		atomic.AddInt64(&b.gen.count, -1)
+	}
+	atomic.AddInt64(&b.slot.inflight, -1)
 }
 
 // noteFailure counts a failure and marks the backend down once MaxFails
@@ -140,8 +155,14 @@ func (b *Backend) noteHealthy() {
 }
 
 // globalInflight is the number of requests in flight to the backend from
-// every live baton generation.
-func (b *Backend) globalInflight() int64 { return atomic.LoadInt64(&b.slot.inflight) }
+// every live baton generation. It first takes out the counts of
+// generations that died (see reclaim).
+func (b *Backend) globalInflight() int64 {
+	for _, r := range b.slot.reclaim(b.set.gen, b.set.alive) {
+		b.set.warnf("dropped the in-flight count of a dead baton generation", "backend", b.cfg.Name, "pid", r.pid, "requests", r.count)
+	}
+	return atomic.LoadInt64(&b.slot.inflight)
+}
 
 // dropIdleEverywhere advances b's epoch in the shared table, so every baton
 // generation closes its idle pooled connections to b (watchEpochs), and

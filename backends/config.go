@@ -57,11 +57,16 @@ type Config struct {
 	HealthTimeout  time.Duration // per check (default 2s)
 	MaxFails       int           // consecutive failed checks or connections that mark it down (default 2)
 
-	Kind           Kind          // default KindNone
-	PIDFile        string        // for apache and lighttpd: where the server writes its PID
-	Restart        Method        // default graceful for apache and lighttpd, command for command
-	StartCommand   []string      // for stop-start: starts the server again (detached)
-	RestartCommand []string      // overrides the signal; required for kind command
+	Kind           Kind     // default KindNone
+	PIDFile        string   // for apache and lighttpd: where the server writes its PID
+	Restart        Method   // default graceful for apache and lighttpd, command for command
+	StartCommand   []string // for stop-start: starts the server again (detached)
+	RestartCommand []string // overrides the signal; required for kind command
+	// ProcessExe is the executable the process named by PIDFile must run
+	// before baton signals it: a full path, or a base name. Default: the
+	// kind's binary (apache2, lighttpd); set it for a custom build, or for
+	// kind command to have `baton check` verify its PID file.
+	ProcessExe     string
 	RestartTimeout time.Duration // drain + restart + healthy (default 60s)
 	DrainTimeout   time.Duration // bound on waiting for in-flight requests (default 30s)
 
@@ -194,8 +199,13 @@ func (c Config) Validate() error {
 	if !ok {
 		return fieldErr("kind", "unknown kind %q (want apache, lighttpd, command or none)", c.Kind)
 	}
+	if c.ProcessExe != "" && strings.Contains(c.ProcessExe, "/") && !strings.HasPrefix(c.ProcessExe, "/") {
+		return fieldErr("process_exe", "%q must be an absolute path or a base name", c.ProcessExe)
+	}
 	if c.Kind == KindNone {
 		switch {
+		case c.ProcessExe != "":
+			return fieldErr("process_exe", "kind none is never signalled; set kind to use process_exe")
 		case c.Restart != "":
 			return fieldErr("restart", "kind none cannot be restarted; set kind to use restart %q", c.Restart)
 		case len(c.RestartCommand) > 0:

@@ -22,7 +22,13 @@
 //
 // Servers are usually started by systemd, not by baton: baton signals them
 // through their PID file and never reaps or kills a server it did not
-// start. A server started by a stop-start restart runs in its own session
+// start. It signals only a process that is no baton, runs the server's
+// executable and listens on the backend's port (verifyProcess), checked
+// before the drain and again right before the signal.
+//
+// In-flight counts are kept per generation (pid and start time) as well as
+// globally; the counts of a generation that died are taken out by
+// whichever process notices, so a kill -9 does not stall later drains. A server started by a stop-start restart runs in its own session
 // and outlives the baton process that started it.
 //
 // The facts baton relies on about each server (signals, PID file

@@ -27,8 +27,19 @@ func sigName(s syscall.Signal) string {
 // not own (it cannot wait(2) for them).
 const pollInterval = 5 * time.Millisecond
 
-// CheckPIDFile reads a PID file and checks that it names a live process.
-func CheckPIDFile(path string) (int, error) { return readPID(path) }
+// CheckPIDFile reads c's PID file and checks that it names a live process
+// that is c's server, the one a restart would signal (see verifyProcess:
+// not a baton, the expected executable, listening on c's address).
+func CheckPIDFile(c Config) (int, error) {
+	pid, err := readPID(c.PIDFile)
+	if err != nil {
+		return pid, err
+	}
+	if err := verifyProcess(c, pid, nil); err != nil {
+		return pid, err
+	}
+	return pid, nil
+}
 
 // readPID reads a PID file and checks that it names a live process.
 func readPID(path string) (int, error) {

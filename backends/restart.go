@@ -85,7 +85,8 @@ func (s *Set) RestartAll(ctx context.Context) ([]RestartResult, error) {
 }
 
 // Precheck finds what would make a restart fail before anything is done:
-// no restart method, a missing PID file, a dead process, a command that is
+// no restart method, a missing PID file, a dead process, a PID file naming
+// a process that is not the server (see verifyProcess), a command that is
 // not there.
 func (b *Backend) Precheck() error {
 	c := b.cfg
@@ -98,7 +99,7 @@ func (b *Backend) Precheck() error {
 		}
 		return nil
 	}
-	if _, err := readPID(c.PIDFile); err != nil {
+	if _, err := b.signalTarget(); err != nil {
 		return err
 	}
 	if c.Restart == MethodStopStart {
@@ -129,6 +130,9 @@ func (s *Set) startRestart(b *Backend) (<-chan RestartResult, error) {
 	// The claim is ours: record who owns it. Until this store the owner is
 	// 0, which adoptOrphan leaves alone.
 	atomic.StoreInt64(&b.slot.since, time.Now().UnixNano())
+	// The identity before the pid: a reader that sees the pid finds the
+	// identity that goes with it (see ownerAlive).
+	atomic.StoreUint64(&b.slot.ownerGen, uint64(s.gen))
 	atomic.StoreInt64(&b.slot.owner, int64(s.pid))
 	done := make(chan RestartResult, 1)
 	s.jobs.Add(1)
@@ -203,6 +207,7 @@ func (s *Set) finish(r *restartRun, err error) RestartResult {
 	b.dropIdleEverywhere()
 	b.slot.setResult(r.res.OK, r.res.Duration, r.res.Error)
 	atomic.StoreInt64(&b.slot.owner, 0)
+	atomic.StoreUint64(&b.slot.ownerGen, 0)
 	b.slot.update(func(w stateWord) stateWord {
 		w = w.withPhase(PhaseNone)
 		if r.res.OK {
@@ -267,9 +272,23 @@ func (r *restartRun) restartServer() (string, error) {
 	}
 }
 
+// signalTarget reads the PID file and checks that it names the server,
+// the process baton may signal. It runs in Precheck and again right
+// before each signal: the file may change during the drain.
+func (b *Backend) signalTarget() (int, error) {
+	pid, err := readPID(b.cfg.PIDFile)
+	if err != nil {
+		return 0, err
+	}
+	if err := verifyProcess(b.cfg, pid, b.set.generationPIDs()); err != nil {
+		return 0, err
+	}
+	return pid, nil
+}
+
 func (r *restartRun) signalGraceful() (string, error) {
 	b := r.b
-	pid, err := readPID(b.cfg.PIDFile)
+	pid, err := b.signalTarget()
 	if err != nil {
 		return "", err
 	}
@@ -326,7 +345,7 @@ func (r *restartRun) signalGraceful() (string, error) {
 
 func (r *restartRun) stopStart() (string, error) {
 	b := r.b
-	pid, err := readPID(b.cfg.PIDFile)
+	pid, err := b.signalTarget()
 	if err != nil {
 		return "", err
 	}
@@ -478,12 +497,13 @@ func (s *Set) adoptOrphan(b *Backend) {
 		return
 	}
 	owner := atomic.LoadInt64(&b.slot.owner)
-	if owner == 0 || owner == int64(s.pid) || alive(int(owner)) {
+	if owner == 0 || owner == int64(s.pid) || s.ownerAlive(b.slot, owner) {
 		return
 	}
 	if !atomic.CompareAndSwapInt64(&b.slot.owner, owner, int64(s.pid)) {
 		return
 	}
+	atomic.StoreUint64(&b.slot.ownerGen, uint64(s.gen))
 	s.warnf("adopting restart of dead owner", "backend", b.cfg.Name, "owner_pid", owner, "phase", w.phase())
 	s.jobs.Add(1)
 	go func() {
@@ -498,6 +518,26 @@ func (s *Set) adoptOrphan(b *Backend) {
 		}
 		s.finish(r, err)
 	}()
+}
+
+// ownerAlive reports whether the baton process owner that claimed slot's
+// restart still runs. A live pid is not enough (Issue 7: a reused pid kept
+// an orphaned restart from ever being adopted): the process must be the
+// one that claimed it, by its genID, or, for an owner written by an older
+// baton that records none, a process that started before the phase began.
+func (s *Set) ownerAlive(slot *stateSlot, owner int64) bool {
+	if g := genID(atomic.LoadUint64(&slot.ownerGen)); g != 0 && g.pid() == int(owner) {
+		return s.alive(g)
+	}
+	if !alive(int(owner)) {
+		return false
+	}
+	started, err := procStartTime(int(owner))
+	if err != nil {
+		return true // cannot tell: leave it to its owner
+	}
+	// Boot time has one-second resolution.
+	return !started.After(time.Unix(0, atomic.LoadInt64(&slot.since)).Add(time.Second))
 }
 
 // DrainResult is the outcome of Drain.

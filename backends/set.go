@@ -34,6 +34,9 @@ type Set struct {
 	log      *slog.Logger
 	runDir   string
 	pid      int
+	gen      genID            // this process, for its in-flight entries; 0 if /proc could not tell
+	alive    func(genID) bool // genAlive; a test seam
+	gensFull sync.Once        // logs the fall back to global-only counting
 
 	rr      atomic.Uint64
 	waiters atomic.Int64
@@ -60,6 +63,7 @@ func New(cfgs []Config, table *StateTable, opts Options) (*Set, error) {
 		log:      opts.Logger,
 		runDir:   opts.RunDir,
 		pid:      os.Getpid(),
+		alive:    genAlive,
 		changedC: make(chan struct{}),
 		watchC:   make(chan struct{}, 1),
 	}
@@ -68,6 +72,11 @@ func New(cfgs []Config, table *StateTable, opts Options) (*Set, error) {
 	}
 	s.jobCtx, s.jobCancel = context.WithCancel(context.Background())
 	s.epochStop, s.epochDone = make(chan struct{}), make(chan struct{})
+	if g, err := genOf(s.pid); err == nil {
+		s.gen = g
+	} else {
+		s.warnf("in-flight counts of this process are global only", "err", err)
+	}
 	for i, c := range cfgs {
 		if err := c.Validate(); err != nil {
 			return nil, fmt.Errorf("backends: backend[%d]: %w", i, err)
@@ -80,6 +89,14 @@ func New(cfgs []Config, table *StateTable, opts Options) (*Set, error) {
 			return nil, err
 		}
 		b := newBackend(c, slot, s)
+		if s.gen != 0 {
+			b.gen = slot.claimGen(s.gen, s.alive)
+			if b.gen == nil {
+				s.gensFull.Do(func() {
+					s.warnf("more than 9 baton generations alive: this one counts its in-flight requests globally only; a kill -9 of it leaves them counted", "backend", c.Name)
+				})
+			}
+		}
 		s.backends = append(s.backends, b)
 		s.byName[c.Name] = b
 	}
@@ -341,6 +358,18 @@ func (s *Set) Status() []Status {
 			st.LastRestart = &RestartResult{Backend: b.cfg.Name, OK: r.ok, At: r.at, Duration: r.dur, Error: r.reason}
 		}
 		out = append(out, st)
+	}
+	return out
+}
+
+// generationPIDs lists the live baton generations known to the state
+// table, never to be signalled as a backend.
+func (s *Set) generationPIDs() map[int]bool {
+	out := map[int]bool{s.pid: true}
+	for _, b := range s.backends {
+		for _, p := range b.slot.liveGens(s.alive) {
+			out[p] = true
+		}
 	}
 	return out
 }

@@ -18,6 +18,16 @@ import (
 // every field is read and written with sync/atomic, so a backend taken out of
 // rotation by one process is out of rotation for all of them at once, and
 // in-flight counts cover every generation.
+//
+// In-flight counts belong to a generation (Issue 7: a kill -9 of a
+// draining generation left its requests counted forever, and every later
+// restart waited its whole drain_timeout). Each live generation has an
+// entry per slot, named by its pid and start time (genID), counting its own
+// requests; the global count is kept as well, since an older baton knows
+// only that one. Whoever notices that an entry's generation is gone
+// (the drain poll, Drain, Status, a new generation looking for a free
+// entry) takes the entry over by compare-and-swap, subtracts its count
+// from the global one and frees it.
 
 const (
 	stateMagic   = 0x31544e4f54414231 // "1BATONT1" little-endian-ish tag
@@ -25,6 +35,7 @@ const (
 	maxSlots     = 128
 	maxNameLen   = 64
 	maxReasonLen = 192
+	maxGens      = 9 // generation entries per slot: live generations counted apart
 	headerSize   = 64
 	slotSize     = 512
 	stateSize    = headerSize + maxSlots*slotSize
@@ -53,7 +64,20 @@ type stateSlot struct {
 	lastSeq  uint64 // seqlock over the last* fields: odd while one is written
 	lastLen  uint64
 	reason   [maxReasonLen / 8]uint64
+
+	// Appended after the first release; older binaries leave them zero.
+	ownerGen uint64            // genID of owner, 0 if unknown
+	gens     [maxGens]genEntry // per-generation in-flight counts
 }
+
+// genEntry counts one generation's requests in flight to a backend. id is
+// 0 when the entry is free and genReclaiming while one process frees it.
+type genEntry struct {
+	id    uint64
+	count int64
+}
+
+const genReclaiming = ^uint64(0)
 
 func init() {
 	if unsafe.Sizeof(stateSlot{}) > slotSize || unsafe.Sizeof(stateHeader{}) != headerSize {
@@ -310,4 +334,97 @@ func loadText(words []uint64, np *uint64) string {
 		*(*uint64)(unsafe.Pointer(&buf[i*8])) = atomic.LoadUint64(&words[i])
 	}
 	return string(buf[:n])
+}
+
+// genID names a process for its whole life: its pid and its start time
+// (clock ticks after boot, /proc/PID/stat field 22), so a reused pid is a
+// different genID. pid_max is at most 2^22; 42 bits of ticks are 1394
+// years at 100 Hz.
+type genID uint64
+
+func makeGenID(pid int, start uint64) genID {
+	return genID(uint64(pid)<<42 | start&(1<<42-1))
+}
+
+func (g genID) pid() int { return int(uint64(g) >> 42) }
+
+// genOf is the genID of a running process.
+func genOf(pid int) (genID, error) {
+	st, err := readStat(pid)
+	if err != nil {
+		return 0, err
+	}
+	return makeGenID(pid, st.start), nil
+}
+
+// genAlive reports whether the process g names still runs: its pid exists,
+// is no zombie, and started when g says. If /proc cannot tell, it is
+// taken to be alive: a count kept too long costs a drain_timeout, a count
+// dropped early costs a restart under a request.
+func genAlive(g genID) bool {
+	st, err := readStat(g.pid())
+	if err != nil {
+		return !errors.Is(err, os.ErrNotExist)
+	}
+	if st.state == 'Z' || st.state == 'X' {
+		return false
+	}
+	return makeGenID(g.pid(), st.start) == g
+}
+
+// claimGen takes a free generation entry for id, freeing the entries of
+// dead generations if there is none. It returns nil if every entry belongs
+// to a live generation.
+func (s *stateSlot) claimGen(id genID, alive func(genID) bool) *genEntry {
+	for pass := 0; pass < 2; pass++ {
+		for i := range s.gens {
+			if atomic.CompareAndSwapUint64(&s.gens[i].id, 0, uint64(id)) {
+				return &s.gens[i]
+			}
+		}
+		s.reclaim(id, alive)
+	}
+	return nil
+}
+
+// reclaimed is a dead generation's count taken out of a slot.
+type reclaimed struct {
+	pid   int
+	count int64
+}
+
+// reclaim frees the entries of generations that are gone (never self's)
+// and subtracts their counts from the global one. Any number of processes
+// may run it at once: the compare-and-swap of the entry's id to
+// genReclaiming picks the one that frees it, and nothing else writes a
+// dead generation's count.
+func (s *stateSlot) reclaim(self genID, alive func(genID) bool) []reclaimed {
+	var out []reclaimed
+	for i := range s.gens {
+		e := &s.gens[i]
+		id := atomic.LoadUint64(&e.id)
+		if id == 0 || id == genReclaiming || genID(id) == self || alive(genID(id)) {
+			continue
+		}
+		if !atomic.CompareAndSwapUint64(&e.id, id, genReclaiming) {
+			continue // another process is at it
+		}
+		n := atomic.SwapInt64(&e.count, 0)
+		atomic.AddInt64(&s.inflight, -n)
+		atomic.StoreUint64(&e.id, 0)
+		out = append(out, reclaimed{pid: genID(id).pid(), count: n})
+	}
+	return out
+}
+
+// liveGens lists the pids of the generations holding entries in s.
+func (s *stateSlot) liveGens(alive func(genID) bool) []int {
+	var out []int
+	for i := range s.gens {
+		id := atomic.LoadUint64(&s.gens[i].id)
+		if id != 0 && id != genReclaiming && alive(genID(id)) {
+			out = append(out, genID(id).pid())
+		}
+	}
+	return out
 }

@@ -9,7 +9,9 @@
 // only once it has called Ready; if it fails before that (bad
 // configuration, crash, upgrade timeout), the serving one goes on as if
 // nothing happened, with its PID back in the PID file, and the error says
-// why.
+// why. A new generation that fails removes nothing it does not own: not
+// the sockets it inherited (the control socket among them), not the PID
+// file.
 //
 // What an old generation does after Exit (Shutdown): stop accepting; let
 // the new generation go (so it can upgrade again without waiting, see

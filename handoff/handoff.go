@@ -80,6 +80,17 @@ type Handoff struct {
 	doneC     chan struct{}
 	sigC      chan os.Signal
 
+	// Ready and a Stop before it are ordered by readyMu: a process with a
+	// parent that stops before it is ready owns nothing but what it
+	// created itself (see Stop).
+	readyMu   sync.Mutex
+	ready     bool     // Ready succeeded
+	abandoned bool     // stopped before Ready, with a parent
+	created   []string // unix socket paths this process created (not inherited)
+	abandonC  chan struct{}
+	exitC     chan struct{} // Exit: closed when tableflip's is, or when abandoned
+	exitDone  chan struct{} // watchExit has returned
+
 	upgrading atomic.Bool
 	stopping  atomic.Bool
 	replaced  atomic.Bool
@@ -128,7 +139,8 @@ func New(opts Options) (*Handoff, error) {
 	h := &Handoff{
 		opts: opts, upg: upg, log: log, gen: 1, started: time.Now(),
 		reqC: make(chan upgradeRequest), closeC: make(chan struct{}), doneC: make(chan struct{}),
-		sigC: make(chan os.Signal, 4),
+		sigC:     make(chan os.Signal, 4),
+		abandonC: make(chan struct{}), exitC: make(chan struct{}), exitDone: make(chan struct{}),
 	}
 	if upg.HasParent() {
 		if err := h.readHello(); err != nil {
@@ -138,7 +150,22 @@ func New(opts Options) (*Handoff, error) {
 	}
 	signal.Notify(h.sigC, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT)
 	go h.run()
+	go h.watchExit()
 	return h, nil
+}
+
+// watchExit closes Exit when tableflip's exit channel closes, or when a
+// process that never became ready stops without calling tableflip's Stop
+// (see Stop). It returns at Close.
+func (h *Handoff) watchExit() {
+	defer close(h.exitDone)
+	select {
+	case <-h.upg.Exit():
+	case <-h.abandonC:
+	case <-h.closeC:
+		return
+	}
+	close(h.exitC)
 }
 
 func (h *Handoff) readHello() error {
@@ -220,6 +247,9 @@ func (h *Handoff) Listen(network, addr string) (net.Listener, error) {
 		return nil, fmt.Errorf("handoff: %w", err)
 	}
 	if network == "unix" {
+		h.readyMu.Lock()
+		h.created = append(h.created, addr)
+		h.readyMu.Unlock()
 		if err := os.Chmod(addr, 0o600); err != nil {
 			ln.Close()
 			return nil, fmt.Errorf("handoff: chmod %s: %w", addr, err)
@@ -229,7 +259,9 @@ func (h *Handoff) Listen(network, addr string) (net.Listener, error) {
 }
 
 // prepareUnixSocket creates the socket's directory and removes a socket
-// file nobody listens on any more.
+// file nobody listens on any more: only one whose connect is refused. A
+// connect that times out or finds the backlog full (EAGAIN) meets a live
+// listener that is busy, whose file is not ours to remove.
 func prepareUnixSocket(path string) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return fmt.Errorf("handoff: socket directory: %w", err)
@@ -248,6 +280,9 @@ func prepareUnixSocket(path string) error {
 	if err == nil {
 		c.Close()
 		return fmt.Errorf("handoff: %s: another process is listening there", path)
+	}
+	if !errors.Is(err, syscall.ECONNREFUSED) {
+		return fmt.Errorf("handoff: %s: not removing a socket that may be in use: %w", path, err)
 	}
 	if err := os.Remove(path); err != nil {
 		return fmt.Errorf("handoff: removing stale socket: %w", err)
@@ -273,8 +308,14 @@ func (h *Handoff) AddFile(name string, f *os.File) error {
 }
 
 // Ready writes the PID file, tells the previous generation (which then
-// stops accepting and drains) and systemd that this process serves.
+// stops accepting and drains) and systemd that this process serves. After
+// Stop it fails with ErrStopping.
 func (h *Handoff) Ready() error {
+	h.readyMu.Lock()
+	defer h.readyMu.Unlock()
+	if h.abandoned {
+		return ErrStopping
+	}
 	if h.opts.PIDFile != "" {
 		if err := writePIDFile(h.opts.PIDFile, os.Getpid()); err != nil {
 			return err
@@ -284,6 +325,7 @@ func (h *Handoff) Ready() error {
 	if err := h.upg.Ready(); err != nil {
 		return fmt.Errorf("handoff: %w", err)
 	}
+	h.ready = true
 	if h.parent != nil {
 		h.parent.Close()
 	}
@@ -308,10 +350,40 @@ func (h *Handoff) report(m reportMsg) {
 
 // Exit is closed when this process should stop serving: an upgrade
 // succeeded or Stop was called. Then call Shutdown.
-func (h *Handoff) Exit() <-chan struct{} { return h.upg.Exit() }
+func (h *Handoff) Exit() <-chan struct{} { return h.exitC }
 
 // Stop starts a final stop: no more upgrades; Exit is closed.
+//
+// A process started by an upgrade that stops before it is ready (it
+// failed) removes nothing it does not own: the previous generation still
+// serves on the sockets it inherited, the control socket among them, and
+// owns the PID file. So it does not call tableflip's Stop, which before a
+// successful upgrade unlinks every unix socket in use, inherited ones
+// included (Issue 7: a failed upgrade deleted the control socket file of
+// the serving process); it removes only the unix sockets it created
+// itself. It writes no PID file (Ready fails after Stop).
 func (h *Handoff) Stop() {
+	h.readyMu.Lock()
+	abandon := h.upg.HasParent() && !h.ready
+	first := abandon && !h.abandoned
+	if abandon {
+		h.abandoned = true
+	}
+	created := h.created
+	h.readyMu.Unlock()
+	if abandon {
+		if first {
+			h.stopping.Store(true)
+			h.log.Info("stopping before becoming ready; the previous generation keeps its sockets and PID file")
+			for _, p := range created {
+				if fi, err := os.Lstat(p); err == nil && fi.Mode()&os.ModeSocket != 0 {
+					_ = os.Remove(p)
+				}
+			}
+			close(h.abandonC)
+		}
+		return
+	}
 	if h.stopping.CompareAndSwap(false, true) {
 		h.log.Info("stopping: draining connections", "drain_timeout", h.opts.DrainTimeout)
 		_, _ = daemon.SdNotify(false, daemon.SdNotifyStopping)
@@ -581,4 +653,5 @@ func (h *Handoff) removePIDFile() {
 func (h *Handoff) Close() {
 	h.closeOnce.Do(func() { close(h.closeC) })
 	<-h.doneC
+	<-h.exitDone
 }

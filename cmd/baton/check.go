@@ -6,10 +6,15 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/batonproxy/baton/backends"
 	"github.com/batonproxy/baton/cmd/internal/config"
@@ -39,9 +44,22 @@ func cmdCheck(args []string, stdout, stderr io.Writer) int {
 }
 
 // checkRuntime checks what a valid file can still get wrong on this
-// machine: listen addresses in use by someone other than the running
-// baton, PID files and commands of restartable backends.
+// machine: directories baton cannot create its files in, listen addresses
+// in use by someone other than the running baton, PID files and commands of
+// restartable backends.
 func checkRuntime(cfg *config.Config) error {
+	for _, d := range []struct{ key, dir string }{
+		{"control.socket", dirOf(cfg.ControlSocket)},
+		{"control.pid_file", dirOf(cfg.Handoff.PIDFile)},
+		{"control.run_dir", cfg.RunDir},
+	} {
+		if d.dir == "" {
+			continue
+		}
+		if err := writableDir(d.dir); err != nil {
+			return &config.Error{File: cfg.Path, Key: d.key, Err: err}
+		}
+	}
 	held := runningListeners(cfg)
 	for n, addr := range cfg.Listen {
 		ln, err := net.Listen("tcp", addr)
@@ -63,14 +81,16 @@ func checkRuntime(cfg *config.Config) error {
 			if _, err := exec.LookPath(b.RestartCommand[0]); err != nil {
 				return &config.Error{File: cfg.Path, Key: key("restart_command"), Err: err}
 			}
-			continue
+			if b.PIDFile == "" || b.ProcessExe == "" {
+				continue
+			}
 		}
 		if len(b.StartCommand) > 0 {
 			if _, err := exec.LookPath(b.StartCommand[0]); err != nil {
 				return &config.Error{File: cfg.Path, Key: key("start_command"), Err: err}
 			}
 		}
-		if _, err := backends.CheckPIDFile(b.PIDFile); err != nil {
+		if _, err := backends.CheckPIDFile(b); err != nil {
 			return &config.Error{File: cfg.Path, Key: key("pid_file"), Err: err}
 		}
 	}
@@ -94,4 +114,44 @@ func runningListeners(cfg *config.Config) map[string]bool {
 		out[a] = true
 	}
 	return out
+}
+
+func dirOf(path string) string {
+	if path == "" {
+		return ""
+	}
+	return filepath.Dir(path)
+}
+
+// writableDir checks that dir, or the nearest ancestor that exists when dir
+// is still to be created, is a directory in which this process may create
+// files. access(2) has no side effects and reports EROFS for a read-only
+// filesystem (as root, W_OK alone passes everywhere else).
+func writableDir(dir string) error {
+	d := filepath.Clean(dir)
+	for {
+		fi, err := os.Stat(d)
+		switch {
+		case err == nil && !fi.IsDir():
+			return fmt.Errorf("%s is not a directory", d)
+		case err == nil:
+			if err := unix.Access(d, unix.W_OK|unix.X_OK); err != nil {
+				return fmt.Errorf("%s: %w", d, err)
+			}
+			return nil
+		case errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ENOTDIR):
+			// To be created (MkdirAll), or under a file: look further up.
+			parent := filepath.Dir(d)
+			if parent == d {
+				return fmt.Errorf("%s: %w", d, err)
+			}
+			d = parent
+		default:
+			var pe *fs.PathError
+			if errors.As(err, &pe) {
+				err = pe.Err
+			}
+			return fmt.Errorf("%s: %w", d, err)
+		}
+	}
 }

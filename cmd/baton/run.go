@@ -111,6 +111,8 @@ func cmdRun(args []string, stderr io.Writer) int {
 		return 1
 	}
 	if err := h.Ready(); err != nil {
+		// The previous generation's upgrade fails with this reason.
+		h.Fail(err)
 		log.Error("cannot signal readiness", "err", err)
 		inst.abort()
 		return 1

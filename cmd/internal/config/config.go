@@ -103,6 +103,7 @@ type fileBackend struct {
 	Restart                string   `toml:"restart"`
 	StartCommand           []string `toml:"start_command"`
 	RestartCommand         []string `toml:"restart_command"`
+	ProcessExe             string   `toml:"process_exe"`
 	RestartTimeout         string   `toml:"restart_timeout"`
 	DrainTimeout           string   `toml:"drain_timeout"`
 	MaxIdleConns           *int     `toml:"max_idle_conns"`
@@ -320,6 +321,7 @@ func buildBackend(fb fileBackend, drain time.Duration) (backends.Config, error) 
 		Name: fb.Name, URL: fb.URL, HealthPath: fb.HealthPath,
 		Kind: backends.Kind(fb.Kind), PIDFile: fb.PIDFile, Restart: backends.Method(fb.Restart),
 		StartCommand: fb.StartCommand, RestartCommand: fb.RestartCommand, DrainTimeout: drain,
+		ProcessExe: fb.ProcessExe,
 	}
 	var err error
 	try := func(e error) {

@@ -469,6 +469,16 @@ func TestParseInvalid(t *testing.T) {
 			want: "baton.toml: backend[0].restart_command: required for restart command (kind command)", key: "backend[0].restart_command",
 		},
 		{
+			name: "relative process_exe",
+			text: listen + backendA + "kind = \"apache\"\npid_file = \"a.pid\"\nprocess_exe = \"bin/httpd\"\n",
+			want: `baton.toml: backend[0].process_exe: "bin/httpd" must be an absolute path or a base name`, key: "backend[0].process_exe",
+		},
+		{
+			name: "process_exe on kind none",
+			text: listen + backendA + "process_exe = \"httpd\"\n",
+			want: "baton.toml: backend[0].process_exe: kind none is never signalled", key: "backend[0].process_exe",
+		},
+		{
 			name: "log level",
 			text: listen + "[log]\nlevel = \"loud\"\n" + backendA,
 			want: `baton.toml: log.level: "loud": want debug, info, warn or error`, key: "log.level",
