@@ -227,11 +227,17 @@ func prepareDir(root, dir string) error {
 	if err := os.WriteFile(filepath.Join(dir, "htdocs", "16k.bin"), []byte(strings.Repeat("0123456789abcdef", 1024)), 0o644); err != nil {
 		return err
 	}
-	post := filepath.Join(dir, "logs", "posts.log")
-	if err := os.WriteFile(post, nil, 0o666); err != nil {
-		return err
+	// Logs the CGI scripts append to, writable by the servers' user.
+	for _, name := range []string{"posts.log", "slow.log"} {
+		p := filepath.Join(dir, "logs", name)
+		if err := os.WriteFile(p, nil, 0o666); err != nil {
+			return err
+		}
+		if err := os.Chmod(p, 0o666); err != nil {
+			return err
+		}
 	}
-	return os.Chmod(post, 0o666)
+	return nil
 }
 
 // StartAgain runs the start command and waits until the server answers.
@@ -366,6 +372,16 @@ func (s *Server) Generation() (int, error) {
 		}
 		return strings.Count(string(b), "server started"), nil
 	}
+}
+
+// SlowStarts is how many /cgi-bin/slow.sh requests the server has begun
+// to run.
+func (s *Server) SlowStarts() int {
+	b, err := os.ReadFile(filepath.Join(s.Dir, "logs", "slow.log"))
+	if err != nil {
+		return 0
+	}
+	return strings.Count(string(b), "start ")
 }
 
 // PostIDs reads the IDs of the POST requests the server processed, in

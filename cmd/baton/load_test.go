@@ -14,6 +14,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/batonproxy/baton/backends/backendtest"
 )
 
 // smallBody is testdata/htdocs/small.txt.
@@ -313,6 +315,17 @@ func checkPostsOnce(t testing.TB, answered map[string]bool, processed []string) 
 		t.Errorf("%d POSTs processed but not answered 200: %.300v", len(extra), extra)
 	}
 	t.Logf("POSTs: %d answered, %d processed, each exactly once", len(answered), len(processed))
+}
+
+// startSlow sends slowRequest through baton at addr and waits until the
+// backend s runs it (counting baton's in-flight requests would not do
+// under load: other requests satisfy it).
+func startSlow(t testing.TB, addr string, s *backendtest.Server, secs int) <-chan error {
+	t.Helper()
+	n := s.SlowStarts()
+	ch := slowRequest(addr, secs)
+	waitFor(t, 10*time.Second, "the slow request to run at the backend", func() bool { return s.SlowStarts() > n })
+	return ch
 }
 
 // slowRequest starts GET /cgi-bin/slow.sh?secs through addr and delivers

@@ -80,8 +80,7 @@ func TestRestartUnderLoad(t *testing.T) {
 			for i := 1; i <= 3; i++ {
 				var slow <-chan error
 				if i == 1 {
-					slow = slowRequest(addr, 2)
-					waitInFlight(t, b, 1)
+					slow = startSlow(t, addr, s, 2)
 				}
 				before := evidence(t, s, tc.method)
 				out, errOut, code := b.ctl("restart", "web1", "--json")
@@ -374,8 +373,7 @@ func TestUpgradeDuringRestart(t *testing.T) {
 	l := startLoad(t, addr, loadSpec{GoGET: 4, Raw: 4, Post: 2})
 	l.progress(t, 10)
 	oldLT, _ := lt.PID()
-	slow := slowRequest(addr, 3)
-	waitInFlight(t, b, 1)
+	slow := startSlow(t, addr, lt, 3)
 
 	type result struct {
 		out, errOut string

@@ -55,8 +55,7 @@ func TestUpgradeUnderLoad(t *testing.T) {
 		if i%2 == 1 {
 			// A slow request in flight at the upgrade; the next upgrade
 			// follows while this generation still drains it.
-			slow = append(slow, slowRequest(addr, 2))
-			waitInFlight(t, b, 1)
+			slow = append(slow, startSlow(t, addr, lt, 2))
 		}
 		b.signal(syscall.SIGHUP)
 		newPID := b.waitNewPID(pid)
