@@ -36,6 +36,9 @@ type Transport struct {
 	DialTimeout           time.Duration // default 5s
 	ResponseHeaderTimeout time.Duration // 0: none
 	Fallback              http.RoundTripper
+	// DialContext opens new connections (nil: a net.Dialer with
+	// DialTimeout), e.g. a DialGate's.
+	DialContext func(ctx context.Context, network, addr string) (net.Conn, error)
 
 	mu   sync.Mutex
 	idle []*pconn // most recently used last
@@ -194,8 +197,12 @@ func (t *Transport) dial(ctx context.Context) (*pconn, error) {
 	if d <= 0 {
 		d = DefaultTransportDialTimeout
 	}
-	dialer := net.Dialer{Timeout: d}
-	c, err := dialer.DialContext(ctx, "tcp", t.Addr)
+	dial := t.DialContext
+	if dial == nil {
+		dialer := net.Dialer{Timeout: d}
+		dial = dialer.DialContext
+	}
+	c, err := dial(ctx, "tcp", t.Addr)
 	if err != nil {
 		return nil, err
 	}
