@@ -1,6 +1,7 @@
 package backends
 
 import (
+	"context"
 	"errors"
 	"net"
 	"net/http"
@@ -23,6 +24,8 @@ type Backend struct {
 
 	pooled *proxy.Transport // keep-alive, for replayable requests
 	fresh  *http.Transport  // one connection per request, for the rest
+	probeT *http.Transport  // health checks: fresh, but past the gate
+	gate   *proxy.DialGate  // bounds connections being opened (pooled and fresh)
 
 	inflight  atomic.Int64 // this process's share of slot.inflight
 	gen       *genEntry    // this generation's entry in slot; nil: global count only
@@ -36,8 +39,9 @@ func newBackend(cfg Config, slot *stateSlot, set *Set) *Backend {
 	addr, _ := hostPort(cfg.URL) // validated
 	facts := servers[cfg.Kind]
 	dialer := &net.Dialer{Timeout: cfg.DialTimeout, KeepAlive: 30 * time.Second}
+	gate := &proxy.DialGate{Max: cfg.MaxConnecting, Dial: dialer.DialContext}
 	std := &http.Transport{
-		DialContext:            dialer.DialContext,
+		DialContext:            gate.DialContext,
 		MaxIdleConns:           0, // no global cap; per host below
 		MaxIdleConnsPerHost:    cfg.MaxIdleConns,
 		IdleConnTimeout:        cfg.IdleConnTimeout,
@@ -52,12 +56,18 @@ func newBackend(cfg Config, slot *stateSlot, set *Set) *Backend {
 		Addr: addr, MaxIdle: cfg.MaxIdleConns, IdleTimeout: cfg.IdleConnTimeout,
 		DialTimeout: cfg.DialTimeout, ResponseHeaderTimeout: cfg.ResponseHeaderTimeout,
 		ReadTimeout: cfg.ReadTimeout, MaxResponseHeaderBytes: cfg.MaxResponseHeaderBytes,
-		Fallback: std, // upgrades (WebSocket) keep net/http's handling, and no read timeout
+		DialContext: gate.DialContext,
+		Fallback:    std, // upgrades (WebSocket) keep net/http's handling, and no read timeout
 	}
 	fresh := std.Clone()
 	fresh.DisableKeepAlives = true
-	fresh.DialContext = proxy.ReadTimeoutDialer(dialer.DialContext, cfg.ReadTimeout)
-	b := &Backend{cfg: cfg, facts: facts, addr: addr, slot: slot, set: set, pooled: pooled, fresh: fresh, kickC: make(chan struct{}, 1)}
+	fresh.DialContext = proxy.ReadTimeoutDialer(gate.DialContext, cfg.ReadTimeout)
+	// Health checks do not queue behind requests: a check that waited its
+	// turn behind a burst could fail and mark a healthy backend down.
+	probeT := fresh.Clone()
+	probeT.DialContext = proxy.ReadTimeoutDialer(dialer.DialContext, cfg.ReadTimeout)
+	b := &Backend{cfg: cfg, facts: facts, addr: addr, slot: slot, set: set, pooled: pooled, fresh: fresh, probeT: probeT,
+		gate: gate, kickC: make(chan struct{}, 1)}
 	b.seenEpoch.Store(atomic.LoadUint64(&slot.epoch))
 	return b
 }
@@ -88,7 +98,9 @@ func (b *Backend) Done(err error) {
 		b.fails.Store(0)
 		return
 	}
-	if isDialError(err) {
+	// A dial cut short because the client went away says nothing about
+	// the backend.
+	if isDialError(err) && !errors.Is(err, context.Canceled) {
 		b.noteFailure(err, "connection")
 	}
 }

@@ -7,6 +7,8 @@ import (
 	"net/url"
 	"strings"
 	"time"
+
+	"github.com/batonproxy/baton/proxy"
 )
 
 // Kind says what server a backend is, and so how baton restarts it.
@@ -39,6 +41,7 @@ const (
 	DefaultRestartTimeout         = 60 * time.Second
 	DefaultDrainTimeout           = 30 * time.Second
 	DefaultMaxIdleConns           = 512
+	DefaultMaxConnecting          = proxy.DefaultMaxConnecting
 	DefaultIdleConnTimeout        = 4 * time.Second // below Apache's and lighttpd's 5 s keep-alive idle
 	DefaultDialTimeout            = 5 * time.Second
 	DefaultResponseHeaderTimeout  = 60 * time.Second
@@ -71,6 +74,7 @@ type Config struct {
 	DrainTimeout   time.Duration // bound on waiting for in-flight requests (default 30s)
 
 	MaxIdleConns          int           // pooled keep-alive connections kept open (default 512)
+	MaxConnecting         int           // new connections being opened at once, the rest wait (default 128)
 	IdleConnTimeout       time.Duration // idle pooled connections are closed after this (default 4s)
 	DialTimeout           time.Duration // default 5s
 	ResponseHeaderTimeout time.Duration // then 504 (default 60s)
@@ -143,6 +147,9 @@ func (c Config) Normalize() Config {
 	if c.MaxIdleConns == 0 {
 		c.MaxIdleConns = DefaultMaxIdleConns
 	}
+	if c.MaxConnecting == 0 {
+		c.MaxConnecting = DefaultMaxConnecting
+	}
 	if c.IdleConnTimeout == 0 {
 		c.IdleConnTimeout = DefaultIdleConnTimeout
 	}
@@ -191,6 +198,9 @@ func (c Config) Validate() error {
 	}
 	if c.MaxResponseHeaderBytes < 0 {
 		return fieldErr("max_response_header_bytes", "must not be negative, got %d", c.MaxResponseHeaderBytes)
+	}
+	if c.MaxConnecting < 0 {
+		return fieldErr("max_connecting", "must not be negative, got %d", c.MaxConnecting)
 	}
 	if c.MaxIdleConns < 0 {
 		return fieldErr("max_idle_conns", "must not be negative, got %d", c.MaxIdleConns)

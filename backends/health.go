@@ -42,7 +42,7 @@ func (b *Backend) probeWithin(ctx context.Context, timeout time.Duration) error 
 	if err != nil {
 		return err
 	}
-	resp, err := b.fresh.RoundTrip(req)
+	resp, err := b.probeT.RoundTrip(req)
 	if err != nil {
 		return err
 	}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log"
+	"log/slog"
 	"net"
 	"net/http"
 	"sync"
@@ -36,6 +37,7 @@ type Server struct {
 	IdleTimeout       time.Duration // default DefaultIdleTimeout
 	MaxHeaderBytes    int           // default DefaultMaxHeaderBytes
 	ErrorLog          *log.Logger   // net/http's own errors; nil: standard logger
+	Logger            *slog.Logger  // failed accepts, once per episode; nil discards
 
 	draining atomic.Bool
 	srv      *http.Server
@@ -57,6 +59,9 @@ func (s *Server) Serve(ln net.Listener) error {
 		s.mu.Unlock()
 		return errors.New("handoff: Server.Serve called twice")
 	}
+	// Issue 7: net/http gives up on accept errors it does not deem
+	// temporary (ENOBUFS, ENOMEM); the listener must outlive them all.
+	ln = KeepAccepting(ln, s.Logger, ln.Addr().String())
 	s.ln = ln
 	s.upgraded = map[net.Conn]bool{}
 	s.idleC = make(chan struct{})

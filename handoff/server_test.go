@@ -6,9 +6,14 @@ import (
 	"errors"
 	"io"
 	"log"
+	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -400,3 +405,76 @@ func TestServerInFlightResponseCarriesClose(t *testing.T) {
 	wantAnswer(t, c.read(), answer{code: 200, close: true, body: "done"})
 	c.wantEOF(time.Second)
 }
+
+// failFirst fails its first n Accepts with err, then accepts for real.
+type failFirst struct {
+	net.Listener
+	err error
+	n   atomic.Int32
+}
+
+func (l *failFirst) Accept() (net.Conn, error) {
+	if l.n.Add(-1) >= 0 {
+		return nil, l.err
+	}
+	return l.Listener.Accept()
+}
+
+// TestServerSurvivesAcceptErrors is issue 7, item 4: net/http's Serve
+// retries only the accept errors it deems temporary; after ENOBUFS or
+// ENOMEM it returned, and the listener was served no more. Every accept
+// error is now retried after a pause, logged once per episode.
+func TestServerSurvivesAcceptErrors(t *testing.T) {
+	for _, errno := range []syscall.Errno{syscall.ENOBUFS, syscall.ENOMEM, syscall.EMFILE} {
+		t.Run(errno.Error(), func(t *testing.T) {
+			inner, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			ln := &failFirst{Listener: inner, err: &net.OpError{Op: "accept", Net: "tcp", Err: os.NewSyscallError("accept4", errno)}}
+			ln.n.Store(3)
+			var logs strings.Builder
+			var mu sync.Mutex
+			s := &handoff.Server{
+				Handler:  http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }),
+				ErrorLog: log.New(io.Discard, "", 0),
+				Logger:   slog.New(slog.NewTextHandler(writerFunc(func(p []byte) (int, error) { mu.Lock(); defer mu.Unlock(); return logs.Write(p) }), nil)),
+			}
+			done := make(chan error, 1)
+			go func() { done <- s.Serve(ln) }()
+			c := &http.Client{Timeout: 10 * time.Second}
+			resp, err := c.Get("http://" + inner.Addr().String() + "/")
+			if err != nil {
+				select {
+				case err := <-done:
+					t.Fatalf("Serve returned %v", err)
+				default:
+				}
+				t.Fatal(err)
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			ctx, cancel := context.WithTimeout(context.Background(), 0)
+			defer cancel()
+			_ = s.Drain(ctx)
+			select {
+			case err := <-done:
+				if err != nil {
+					t.Errorf("Serve after Drain: %v, want nil", err)
+				}
+			case <-time.After(5 * time.Second):
+				t.Fatal("Serve did not return after Drain")
+			}
+			mu.Lock()
+			out := logs.String()
+			mu.Unlock()
+			if strings.Count(out, "cannot accept connections") != 1 || strings.Count(out, "accepting connections again") != 1 {
+				t.Errorf("want one line when accepting failed and one when it worked again:\n%s", out)
+			}
+		})
+	}
+}
+
+type writerFunc func([]byte) (int, error)
+
+func (f writerFunc) Write(p []byte) (int, error) { return f(p) }

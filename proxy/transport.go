@@ -55,6 +55,9 @@ type Transport struct {
 	// (default DefaultMaxResponseHeaderBytes).
 	MaxResponseHeaderBytes int
 	Fallback               http.RoundTripper
+	// DialContext opens new connections (nil: a net.Dialer with
+	// DialTimeout), e.g. a DialGate's.
+	DialContext func(ctx context.Context, network, addr string) (net.Conn, error)
 
 	mu       sync.Mutex
 	idle     []*pconn    // most recently used last
@@ -262,8 +265,12 @@ func (t *Transport) dial(ctx context.Context) (*pconn, error) {
 	if d <= 0 {
 		d = DefaultTransportDialTimeout
 	}
-	dialer := net.Dialer{Timeout: d}
-	c, err := dialer.DialContext(ctx, "tcp", t.Addr)
+	dial := t.DialContext
+	if dial == nil {
+		dialer := net.Dialer{Timeout: d}
+		dial = dialer.DialContext
+	}
+	c, err := dial(ctx, "tcp", t.Addr)
 	if err != nil {
 		return nil, err
 	}

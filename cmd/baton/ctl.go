@@ -3,9 +3,11 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"os"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -26,6 +28,11 @@ commands:
   restart --all       the same for every restartable backend, one at a time
   drain NAME          take NAME out of rotation (in-flight requests finish)
   undrain NAME        put NAME back into rotation (once healthy)
+
+ctl waits for the answer up to --timeout; by default 10s for status, 1m for
+upgrade, stop, drain and undrain, 2m for restart and 10m for restart --all
+(with --config, at least the configured upgrade, drain or restart timeout
+plus 30s). No answer in time: exit 1 and a message.
 `
 
 func cmdCtl(args []string, stdout, stderr io.Writer) int {
@@ -34,7 +41,7 @@ func cmdCtl(args []string, stdout, stderr io.Writer) int {
 	socket := fs.String("socket", "", "control socket `path`")
 	cfgPath := configFlag(fs)
 	asJSON := fs.Bool("json", false, "print the raw JSON response")
-	timeout := fs.Duration("timeout", 10*time.Minute, "give up waiting after this long")
+	timeout := fs.Duration("timeout", 0, "give up waiting after this long (default: by command, see above)")
 	if ok, code := parseFlags(fs, args, stderr); !ok {
 		return code
 	}
@@ -43,8 +50,10 @@ func cmdCtl(args []string, stdout, stderr io.Writer) int {
 		fs.Usage()
 		return 2
 	}
+	var cfg *config.Config
 	if *socket == "" && *cfgPath != "" {
-		cfg, err := config.Load(*cfgPath)
+		var err error
+		cfg, err = config.Load(*cfgPath)
 		if err != nil {
 			fmt.Fprintf(stderr, "baton ctl: %v\n", err)
 			return 1
@@ -100,10 +109,20 @@ func cmdCtl(args []string, stdout, stderr io.Writer) int {
 			return 2
 		}
 	}
+	if *timeout <= 0 {
+		*timeout = ctlTimeout(req, cfg)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
 	defer cancel()
 	resp, err := control.Do(ctx, *socket, req)
 	if err != nil {
+		if ctx.Err() != nil || errors.Is(err, os.ErrDeadlineExceeded) {
+			fmt.Fprintf(stderr, "baton ctl: no answer from baton at %s within %s (is it stuck? see its log)\n", *socket, *timeout)
+			if req.Cmd != control.CmdStatus {
+				fmt.Fprintf(stderr, "baton ctl: the %s may still be running: `baton ctl status` shows it; --timeout waits longer\n", req.Cmd)
+			}
+			return 1
+		}
 		fmt.Fprintf(stderr, "baton ctl: %v\n", err)
 		return 1
 	}
@@ -118,6 +137,65 @@ func cmdCtl(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	return 0
+}
+
+// How long `baton ctl` waits for an answer when --timeout is not given:
+// long enough for the command to finish by baton's own bounds, short
+// enough that a person is told soon when baton does not answer at all.
+const (
+	ctlTimeoutStatus     = 10 * time.Second
+	ctlTimeoutCommand    = time.Minute // upgrade, stop, drain, undrain
+	ctlTimeoutRestart    = 2 * time.Minute
+	ctlTimeoutRestartAll = 10 * time.Minute
+	ctlTimeoutMargin     = 30 * time.Second // over a bound from the configuration
+)
+
+// ctlTimeout is the default wait for req. With the configuration at hand
+// (--config), a command bounded by a longer configured timeout
+// (upgrade_timeout, drain_timeout, restart_timeout) gets that bound plus a
+// margin.
+func ctlTimeout(req control.Request, cfg *config.Config) time.Duration {
+	var d, bound time.Duration
+	switch {
+	case req.Cmd == control.CmdStatus:
+		return ctlTimeoutStatus
+	case req.Cmd == control.CmdRestart && req.All:
+		d = ctlTimeoutRestartAll
+		if cfg != nil {
+			for _, b := range cfg.Backends {
+				if b.Restartable() {
+					bound += b.RestartTimeout
+				}
+			}
+		}
+	case req.Cmd == control.CmdRestart:
+		d = ctlTimeoutRestart
+		if cfg != nil {
+			for _, b := range cfg.Backends {
+				if b.Name == req.Backend {
+					bound = b.RestartTimeout
+				}
+			}
+		}
+	default:
+		d = ctlTimeoutCommand
+		if cfg != nil {
+			switch req.Cmd {
+			case control.CmdUpgrade:
+				bound = cfg.Handoff.UpgradeTimeout
+			case control.CmdDrain:
+				for _, b := range cfg.Backends {
+					if b.Name == req.Backend {
+						bound = b.DrainTimeout
+					}
+				}
+			}
+		}
+	}
+	if bound > 0 {
+		d = max(d, bound+ctlTimeoutMargin)
+	}
+	return d
 }
 
 func printResponse(w io.Writer, req control.Request, r control.Response) {

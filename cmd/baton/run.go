@@ -164,6 +164,7 @@ func (i *instance) start() error {
 			IdleTimeout:       cfg.Server.IdleTimeout,
 			MaxHeaderBytes:    cfg.Server.MaxHeaderBytes,
 			ErrorLog:          errLog,
+			Logger:            i.log,
 		}
 		i.servers = append(i.servers, srv)
 		i.addrs = append(i.addrs, ln.Addr().String())

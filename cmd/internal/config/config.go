@@ -107,6 +107,7 @@ type fileBackend struct {
 	RestartTimeout         string   `toml:"restart_timeout"`
 	DrainTimeout           string   `toml:"drain_timeout"`
 	MaxIdleConns           *int     `toml:"max_idle_conns"`
+	MaxConnecting          *int     `toml:"max_connecting"`
 	IdleConnTimeout        string   `toml:"idle_conn_timeout"`
 	DialTimeout            string   `toml:"dial_timeout"`
 	ResponseHeaderTimeout  string   `toml:"response_header_timeout"`
@@ -335,6 +336,7 @@ func buildBackend(fb fileBackend, drain time.Duration) (backends.Config, error) 
 	try(duration("restart_timeout", fb.RestartTimeout, &b.RestartTimeout))
 	try(duration("drain_timeout", fb.DrainTimeout, &b.DrainTimeout))
 	try(positive("max_idle_conns", fb.MaxIdleConns, &b.MaxIdleConns))
+	try(positive("max_connecting", fb.MaxConnecting, &b.MaxConnecting))
 	try(duration("idle_conn_timeout", fb.IdleConnTimeout, &b.IdleConnTimeout))
 	try(duration("dial_timeout", fb.DialTimeout, &b.DialTimeout))
 	try(duration("response_header_timeout", fb.ResponseHeaderTimeout, &b.ResponseHeaderTimeout))

@@ -44,6 +44,7 @@ func defaultBackend(name, url string, drain time.Duration) backends.Config {
 		RestartTimeout:         backends.DefaultRestartTimeout,
 		DrainTimeout:           drain,
 		MaxIdleConns:           backends.DefaultMaxIdleConns,
+		MaxConnecting:          backends.DefaultMaxConnecting,
 		IdleConnTimeout:        backends.DefaultIdleConnTimeout,
 		DialTimeout:            backends.DefaultDialTimeout,
 		ResponseHeaderTimeout:  backends.DefaultResponseHeaderTimeout,
@@ -89,6 +90,7 @@ start_command = ["apache2ctl", "start"]
 restart_timeout = "2m"
 drain_timeout = "10s"
 max_idle_conns = 64
+max_connecting = 32
 idle_conn_timeout = "3s"
 dial_timeout = "1500ms"
 response_header_timeout = "30s"
@@ -120,6 +122,7 @@ func fullWant() *config.Config {
 	apache.StartCommand = []string{"apache2ctl", "start"}
 	apache.RestartTimeout = 2 * time.Minute
 	apache.MaxIdleConns = 64
+	apache.MaxConnecting = 32
 	apache.IdleConnTimeout = 3 * time.Second
 	apache.DialTimeout = 1500 * time.Millisecond
 	apache.ResponseHeaderTimeout = 30 * time.Second

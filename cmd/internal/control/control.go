@@ -98,8 +98,12 @@ type Server struct {
 	stopping bool
 }
 
-// Serve accepts control connections on ln until StopAccepting.
+// Serve accepts control connections on ln until StopAccepting, and then
+// returns nil. A failed accept (out of file descriptors, say) is retried
+// after a pause, as net/http does (handoff.KeepAccepting), so only a
+// listener closed by someone else ends it early, with an error.
 func (s *Server) Serve(ln net.Listener) error {
+	ln = handoff.KeepAccepting(ln, s.Logger, "control socket")
 	s.mu.Lock()
 	s.ln = ln
 	if s.conns == nil {
@@ -114,10 +118,6 @@ func (s *Server) Serve(ln net.Listener) error {
 			s.mu.Unlock()
 			if stopping {
 				return nil
-			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				continue
 			}
 			return fmt.Errorf("control: accept: %w", err)
 		}
