@@ -171,7 +171,7 @@ const (
 type point struct{ X, Y float64 }
 
 type marker struct {
-	X1, X2 float64
+	X1, X2  float64
 	Label   string
 	Title   string
 	Failed  bool
@@ -347,7 +347,6 @@ func (r *Report) throughputChart(secs, ymax float64) chart {
 	c.Markers = r.markers(xOf)
 	return c
 }
-
 
 // runView is one run as the HTML template shows it.
 type runView struct {

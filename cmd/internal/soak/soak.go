@@ -448,7 +448,7 @@ func (c Criteria) judge(r *Report) []Criterion {
 	}
 	if c.MaxHold > 0 {
 		cr := Criterion{Name: "max_hold", Limit: c.MaxHold.String(), Value: r.Hold.Max.Round(time.Millisecond).String(),
-			OK: r.Hold.Known && r.Hold.Max <= c.MaxHold,
+			OK:     r.Hold.Known && r.Hold.Max <= c.MaxHold,
 			Detail: fmt.Sprintf("longest hold baton reported; %d requests held, %d hold timeouts", r.Hold.Held, r.Hold.Timeouts)}
 		if !r.Hold.Known {
 			cr.Value, cr.Detail = "unknown", "baton's status could not be read"
