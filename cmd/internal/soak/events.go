@@ -431,7 +431,20 @@ func (r *runner) kill(ctx context.Context, spec EventSpec) (string, error) {
 	if out != "" {
 		detail += ": " + out
 	}
-	return detail, err
+	if err != nil {
+		return detail, err
+	}
+	// Done when the PID file names the new process.
+	for {
+		if p, err := readPIDFile(pidFile); err == nil && p != pid && alive(p) {
+			return detail + fmt.Sprintf(", pid %d", p), nil
+		}
+		select {
+		case <-ctx.Done():
+			return detail, fmt.Errorf("no new process in %s: %w", pidFile, ctx.Err())
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
 }
 
 func canRestartDirect(name string, cfg backends.Config, ok bool) error {

@@ -16,6 +16,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
+	"net/http"
 	"strings"
 	"sync"
 	"syscall"
@@ -300,7 +302,19 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	if err := Check(ctx, &o); err != nil {
 		return nil, err
 	}
+	// Our own transport, so that its idle keep-alive connections can be
+	// closed when the load ends: left open, they would keep a server's
+	// graceful stop waiting (lighttpd waits out its idle keep-alive
+	// connections) in whatever runs next.
+	tr := &http.Transport{
+		Proxy:               http.ProxyFromEnvironment,
+		DialContext:         (&net.Dialer{Timeout: o.Timeout, KeepAlive: 30 * time.Second}).DialContext,
+		TLSClientConfig:     vegeta.DefaultTLSConfig,
+		MaxIdleConnsPerHost: 10000,
+	}
+	defer tr.CloseIdleConnections()
 	opts := []func(*vegeta.Attacker){
+		vegeta.Client(&http.Client{Transport: tr}),
 		vegeta.KeepAlive(true), vegeta.Timeout(o.Timeout), vegeta.MaxBody(0),
 		vegeta.Workers(uint64(o.Workers)), vegeta.Connections(10000), vegeta.Redirects(vegeta.NoFollow),
 	}
@@ -395,6 +409,7 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 		}
 	}
 	close(attackDone)
+	tr.CloseIdleConnections()
 	r.Interrupted = ctx.Err() != nil
 	r.Duration = time.Since(r.Start)
 	// The load is over: stop the timers of events not yet due, the progress
