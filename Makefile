@@ -38,9 +38,10 @@ deps:
 	$(call need,apache2 lighttpd)
 
 # What the tests use besides the servers: dpkg installs the package,
-# systemd-analyze (package systemd) verifies its unit, man reads its page.
+# systemd-analyze (package systemd) verifies its unit, whose Documentation=
+# man:baton(1) it checks with man (man-db).
 deps-test: deps
-	$(call need,dpkg systemd gzip)
+	$(call need,dpkg systemd gzip man-db)
 
 deps-bench:
 	$(call need,apache2 lighttpd wrk haproxy nginx-light)

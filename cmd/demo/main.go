@@ -131,7 +131,9 @@ func (d *demo) writeScenario(dur time.Duration, rate int) (string, error) {
 	// A "deploy": a new Apache configuration (one more comment line), then
 	// a restart of Apache to load it.
 	deploy := []string{"sh", "-c", "echo '# deployed by make demo' >> " + d.apache.Conf}
-	at := func(frac float64) string { return (time.Duration(frac * float64(dur))).Round(time.Millisecond).String() }
+	at := func(frac float64) string {
+		return (time.Duration(frac * float64(dur))).Round(time.Millisecond).String()
+	}
 	var ev strings.Builder
 	for _, e := range []struct {
 		frac  float64
