@@ -53,6 +53,7 @@ func cmdSoak(args []string, stdout, stderr io.Writer) int {
 		rate         = fs.Int("rate", soak.DefaultRate, "requests per second; 0 = as fast as --workers allow")
 		rampTo       = fs.Int("ramp-to", 0, "raise the rate linearly from --rate to this over --duration")
 		workers      = fs.Int("workers", soak.DefaultWorkers, "concurrent clients")
+		maxWorkers   = fs.Int("max-workers", soak.DefaultMaxWorkers, "at a paced rate, never more clients than this (a slow target lowers the rate instead)")
 		duration     = fs.Duration("duration", soak.DefaultDuration, "how long to load")
 		timeout      = fs.Duration("timeout", soak.DefaultTimeout, "per-request timeout")
 		socket       = fs.String("socket", "", "baton's control socket `path`, for events")
@@ -97,7 +98,7 @@ func cmdSoak(args []string, stdout, stderr io.Writer) int {
 		}
 	}
 	if *scenario != "" {
-		for _, name := range []string{"target", "path", "targets", "method", "body", "rate", "ramp-to", "workers", "duration",
+		for _, name := range []string{"target", "path", "targets", "method", "body", "rate", "ramp-to", "workers", "max-workers", "duration",
 			"timeout", "upgrade-every", "restart-every", "restart", "max-failed", "max-p99", "max-hold"} {
 			if set[name] {
 				return fail(2, fmt.Errorf("--%s and --scenario: the scenario file says that", name))
@@ -123,7 +124,7 @@ func cmdSoak(args []string, stdout, stderr io.Writer) int {
 			return fail(2, err)
 		}
 		opts = soak.Options{
-			Targets: targets, Rate: *rate, RampTo: *rampTo, Workers: *workers, Duration: *duration, Timeout: *timeout,
+			Targets: targets, Rate: *rate, RampTo: *rampTo, Workers: *workers, MaxWorkers: *maxWorkers, Duration: *duration, Timeout: *timeout,
 			UpgradeEvery: *upgradeEvery, RestartEvery: *restartEvery, Restart: restart,
 			Pass: soak.Criteria{MaxFailed: *maxFailed, MaxP99: *maxP99, MaxHold: *maxHold},
 		}

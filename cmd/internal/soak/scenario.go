@@ -35,11 +35,12 @@ type scenarioFile struct {
 		Config string `toml:"config"`
 	} `toml:"baton"`
 	Load struct {
-		Rate     *int   `toml:"rate"`
-		RampTo   int    `toml:"ramp_to"`
-		Workers  int    `toml:"workers"`
-		Duration string `toml:"duration"`
-		Timeout  string `toml:"timeout"`
+		Rate       *int   `toml:"rate"`
+		RampTo     int    `toml:"ramp_to"`
+		Workers    int    `toml:"workers"`
+		MaxWorkers int    `toml:"max_workers"`
+		Duration   string `toml:"duration"`
+		Timeout    string `toml:"timeout"`
 	} `toml:"load"`
 	Targets []struct {
 		URL      string            `toml:"url"`
@@ -111,7 +112,7 @@ func LoadScenario(path string) (*Scenario, error) {
 	if f.Load.Rate != nil {
 		o.Rate = *f.Load.Rate
 	}
-	o.RampTo, o.Workers = f.Load.RampTo, f.Load.Workers
+	o.RampTo, o.Workers, o.MaxWorkers = f.Load.RampTo, f.Load.Workers, f.Load.MaxWorkers
 	switch {
 	case o.Rate < 0:
 		return nil, errAt("load.rate", "must not be negative (0: as fast as the workers go)")
@@ -121,6 +122,8 @@ func LoadScenario(path string) (*Scenario, error) {
 		return nil, errAt("load.ramp_to", "a ramp starts at load.rate, which must be above 0")
 	case o.Workers < 0:
 		return nil, errAt("load.workers", "must not be negative")
+	case o.MaxWorkers < 0:
+		return nil, errAt("load.max_workers", "must not be negative")
 	}
 	if err := dur("load.duration", f.Load.Duration, &o.Duration); err != nil {
 		return nil, err

@@ -34,6 +34,7 @@ const (
 	DefaultDuration     = 30 * time.Second
 	DefaultTimeout      = 30 * time.Second
 	DefaultWorkers      = 10
+	DefaultMaxWorkers   = 500
 	DefaultEventTimeout = 10 * time.Minute
 	nearEvent           = time.Second // latency "around an event" is within this of it
 	maxFailures         = 1000        // failures kept individually in the report
@@ -52,12 +53,16 @@ const (
 // Options configure a soak. Targets and Duration are required; the rest
 // have usable zero values.
 type Options struct {
-	Targets  []vegeta.Target
-	Rate     int           // requests per second; 0 means as fast as Workers allow
-	RampTo   int           // if > 0, the rate rises linearly from Rate to RampTo over Duration
-	Workers  int           // concurrent clients (initial for a paced rate, all of them for rate 0)
-	Duration time.Duration // how long to load
-	Timeout  time.Duration // per request
+	Targets []vegeta.Target
+	Rate    int // requests per second; 0 means as fast as Workers allow
+	RampTo  int // if > 0, the rate rises linearly from Rate to RampTo over Duration
+	Workers int // concurrent clients (initial for a paced rate, all of them for rate 0)
+	// MaxWorkers caps the clients a paced rate may grow to when the target
+	// slows down (default DefaultMaxWorkers): beyond it the achieved rate
+	// drops instead of the soak's memory and open files growing.
+	MaxWorkers int
+	Duration   time.Duration // how long to load
+	Timeout    time.Duration // per request
 
 	Socket   string                     // baton's control socket, for events and hold figures
 	Backends map[string]backends.Config // baton's backends by name (from its configuration), for kill and direct mode
@@ -245,6 +250,10 @@ func Check(ctx context.Context, o *Options) error {
 	if o.Workers <= 0 {
 		o.Workers = DefaultWorkers
 	}
+	if o.MaxWorkers <= 0 {
+		o.MaxWorkers = DefaultMaxWorkers
+	}
+	o.MaxWorkers = max(o.MaxWorkers, o.Workers)
 	if o.Mode == "" {
 		o.Mode = ModeBaton
 	}
@@ -327,6 +336,8 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	}
 	if o.Rate == 0 {
 		opts = append(opts, vegeta.MaxWorkers(uint64(o.Workers)))
+	} else {
+		opts = append(opts, vegeta.MaxWorkers(uint64(o.MaxWorkers)))
 	}
 	attacker := vegeta.NewAttacker(opts...)
 
