@@ -152,7 +152,6 @@ backend = "lighttpd"
 at = "6500ms"
 kind = "command"
 command = ["touch", %q]
-backend = "apache"
 
 [pass]
 max_failed = 0
