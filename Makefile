@@ -5,7 +5,17 @@ GO ?= go
 BIN := bin/baton
 GOFLAGS_TEST ?= -race -count=1 -timeout 12m
 
-.PHONY: all build test vet demo bench deps deps-bench clean
+# Version and commit, set in the binary (baton version) and the package.
+# Without a v* tag: 0.0.<commits>+g<hash>, which sorts by history.
+COMMIT ?= $(shell git rev-parse HEAD 2>/dev/null)
+VERSION ?= $(shell v=$$(git describe --tags --match 'v[0-9]*' 2>/dev/null | sed 's/^v//; s/-\([0-9]*\)-g/+\1.g/'); \
+	[ -n "$$v" ] || v=0.0.$$(git rev-list --count HEAD 2>/dev/null || echo 0)+g$$(git rev-parse --short=7 HEAD 2>/dev/null || echo unknown); \
+	git diff --quiet HEAD 2>/dev/null || v=$$v.dirty; echo $$v)
+LDFLAGS := -X main.version=$(VERSION) -X main.commit=$(COMMIT)
+DIST ?= dist
+DEB = $(DIST)/baton_$(VERSION)_amd64.deb
+
+.PHONY: all build test vet demo bench deb deps deps-bench deps-test clean
 
 all: build
 
@@ -27,22 +37,29 @@ endef
 deps:
 	$(call need,apache2 lighttpd)
 
+# What the tests use besides the servers: dpkg installs the package,
+# systemd-analyze (package systemd) verifies its unit, whose Documentation=
+# man:baton(1) it checks with man (man-db).
+deps-test: deps
+	$(call need,dpkg systemd gzip man-db)
+
 deps-bench:
 	$(call need,apache2 lighttpd wrk haproxy nginx-light)
 
 build:
-	$(GO) build -o $(BIN) ./cmd/baton
+	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/baton
 
 vet:
 	$(GO) vet ./...
 	@out=$$(gofmt -l .); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 
-test: deps vet
+test: deps-test vet
 	$(GO) test $(GOFLAGS_TEST) ./...
 
-# The main job: baton in front of real Apache and lighttpd, upgraded and
-# restarted under load for 30 s; prints the summary and writes
-# soak-report.html.
+# The main job: the same 30 s of load and the same events (upgrades,
+# restarts, a config deploy) first straight to a real Apache and a real
+# lighttpd, then through baton; prints both side by side and writes
+# soak-report.html (and soak.json, soak-junit.xml).
 demo: deps build
 	$(GO) run ./cmd/demo -baton $(BIN)
 
@@ -51,5 +68,18 @@ demo: deps build
 bench: deps-bench build
 	$(GO) run ./cmd/bench -baton $(BIN) -out BENCHMARKS.md
 
+# The Debian package: a static binary, the systemd unit, /etc/baton/baton.toml
+# (a conffile), the man page. nfpm does the packaging, as a Go library in
+# packaging/mkdeb (a module of its own: its dependencies stay out of go.mod).
+deb:
+	@mkdir -p $(DIST)
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w $(LDFLAGS)" -o $(DIST)/baton ./cmd/baton
+	gzip -9nc packaging/baton.1 > $(DIST)/baton.1.gz
+	gzip -9nc README.md > $(DIST)/README.md.gz
+	cd packaging/mkdeb && $(GO) build -o $(abspath $(DIST))/mkdeb .
+	cd packaging && $(abspath $(DIST))/mkdeb -config nfpm.yaml -version '$(VERSION)' -bin $(abspath $(DIST))/baton \
+		-man $(abspath $(DIST))/baton.1.gz -readme $(abspath $(DIST))/README.md.gz -out $(abspath $(DEB))
+	@echo "wrote $(DEB)"
+
 clean:
-	rm -rf bin
+	rm -rf bin dist

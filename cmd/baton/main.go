@@ -17,8 +17,13 @@ import (
 	"runtime/debug"
 )
 
-// version is set at build time with -ldflags "-X main.version=...".
-var version = ""
+// version and commit are set at build time with -ldflags "-X
+// main.version=... -X main.commit=..." (make build, make deb); without them
+// they come from the module and VCS information Go records in the binary.
+var (
+	version = ""
+	commit  = ""
+)
 
 func main() {
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
@@ -34,7 +39,7 @@ commands:
                                talk to a running baton: status, upgrade, stop,
                                restart NAME | restart --all, drain NAME, undrain NAME
   soak    --target URL ...     load baton while upgrading and restarting it, and report
-  version                      print the version
+  version                      print the version, commit and Go version
 
 run "baton <command> -h" for a command's flags.
 `
@@ -54,7 +59,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	case "soak":
 		return cmdSoak(args[1:], stdout, stderr)
 	case "version", "--version", "-version":
-		fmt.Fprintf(stdout, "baton %s (%s %s/%s)\n", versionString(), runtime.Version(), runtime.GOOS, runtime.GOARCH)
+		fmt.Fprintf(stdout, "baton %s (commit %s, %s %s/%s)\n", versionString(), commitString(), runtime.Version(), runtime.GOOS, runtime.GOARCH)
 		return 0
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
@@ -73,6 +78,31 @@ func versionString() string {
 		return bi.Main.Version
 	}
 	return "dev"
+}
+
+func commitString() string {
+	if commit != "" {
+		return commit
+	}
+	bi, ok := debug.ReadBuildInfo()
+	if !ok {
+		return "unknown"
+	}
+	var rev, modified string
+	for _, s := range bi.Settings {
+		switch s.Key {
+		case "vcs.revision":
+			rev = s.Value
+		case "vcs.modified":
+			if s.Value == "true" {
+				modified = "-dirty"
+			}
+		}
+	}
+	if rev == "" {
+		return "unknown"
+	}
+	return rev + modified
 }
 
 // configFlag registers --config and -c on fs.

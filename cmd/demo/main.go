@@ -1,8 +1,10 @@
 // Command demo is `make demo`: it starts a real Apache and a real lighttpd
 // from testdata/ templates in a temporary directory, puts baton in front,
-// runs `baton soak` with baton upgrades and restarts of both backends
-// (Apache graceful, lighttpd the classic stop-start), prints the summary and
-// where the report is, and stops everything it started, also on Ctrl-C.
+// and runs one `baton soak` scenario twice (--compare-direct): first
+// straight to the servers, restarted the usual way (Apache graceful,
+// lighttpd the classic stop-start, a config deploy, a kill -9), then
+// through baton, with baton upgrades too. It prints both side by side,
+// writes the HTML report, and stops everything it started, also on Ctrl-C.
 package main
 
 import (
@@ -29,11 +31,12 @@ func main() {
 
 func run() int {
 	baton := flag.String("baton", "bin/baton", "the baton `binary`")
-	duration := flag.Duration("duration", 30*time.Second, "how long the soak runs")
+	duration := flag.Duration("duration", 30*time.Second, "how long each of the two runs lasts")
 	rate := flag.Int("rate", 200, "requests per second (1 in 11 a POST to a CGI script)")
 	report := flag.String("report", "soak-report.html", "where to write the HTML report")
 	figures := flag.String("json", "soak.json", "where to write the raw figures")
-	keep := flag.Bool("keep", false, "keep the temporary directory (configs, logs)")
+	junit := flag.String("junit", "soak-junit.xml", "where to write the JUnit report")
+	keep := flag.Bool("keep", false, "keep the temporary directory (configs, logs, scenario)")
 	flag.Parse()
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -63,38 +66,25 @@ func run() int {
 	}
 	fmt.Printf("\nbaton %s serves on http://%s/ in front of Apache (%s, restarted gracefully) and lighttpd (%s, restarted by stop-start)\n",
 		d.version(), d.addr, d.apache.URL, d.lighttpd.URL)
-	fmt.Printf("soak: %d req/s of GET and POST for %s, baton upgraded every 5s, a backend restarted every 7s\n\n", *rate, *duration)
+	fmt.Printf("two runs of %s each at %d req/s of GET and POST, with the same events: baton upgrades, backend restarts,\n"+
+		"a config deploy. First straight to the servers (no baton), then through baton.\n\n", *duration, *rate)
 
-	targets := filepath.Join(dir, "targets.txt")
-	body := filepath.Join(dir, "body.txt")
-	if err := os.WriteFile(body, []byte(strings.Repeat("demo ", 100)), 0o644); err != nil {
+	scenario, err := d.writeScenario(*duration, *rate)
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "demo:", err)
 		return 1
 	}
-	base := "http://" + d.addr
-	// Mostly static GETs; every 11th request a POST to a CGI script (a
-	// fork and a shell per request: the two-core box this was sized on does
-	// a few dozen a second before queues, and latency, build up).
-	var t strings.Builder
-	for _, p := range []string{"small.txt", "index.html", "small.txt", "16k.bin", "small.txt", "index.html", "small.txt", "16k.bin", "small.txt", "small.txt"} {
-		fmt.Fprintf(&t, "GET %s/%s\n\n", base, p)
-	}
-	fmt.Fprintf(&t, "POST %s/cgi-bin/post.sh\nContent-Type: text/plain\nX-Request-Id: demo\n@%s\n", base, body)
-	if err := os.WriteFile(targets, []byte(t.String()), 0o644); err != nil {
-		fmt.Fprintln(os.Stderr, "demo:", err)
-		return 1
-	}
-	soak := exec.CommandContext(ctx, bin, "soak", "--targets", targets, "--rate", strconv.Itoa(*rate),
-		"--duration", duration.String(), "--socket", d.socket, "--upgrade-every", "5s", "--restart-every", "7s",
-		"--report", *report, "--json", *figures, "--progress")
+	// Ctrl-C reaches soak too (same process group); it stops the load,
+	// finishes the events under way and writes the reports, so wait for it.
+	soak := exec.CommandContext(ctx, bin, "soak", "--scenario", scenario, "--config", d.cfg,
+		"--report", *report, "--json", *figures, "--junit", *junit, "--progress")
+	soak.Cancel = func() error { return soak.Process.Signal(os.Interrupt) }
+	soak.WaitDelay = 2 * time.Minute
 	soak.Stdout, soak.Stderr = os.Stdout, os.Stderr
 	err = soak.Run()
 	code := 0
 	var ee *exec.ExitError
 	switch {
-	case ctx.Err() != nil:
-		fmt.Println("\ninterrupted; cleaning up")
-		return 130
 	case errors.As(err, &ee):
 		code = ee.ExitCode()
 	case err != nil:
@@ -104,10 +94,89 @@ func run() int {
 	if abs, err := filepath.Abs(*report); err == nil {
 		fmt.Printf("\nopen the report: file://%s\n", abs)
 	}
+	if ctx.Err() != nil {
+		fmt.Println("interrupted; cleaning up")
+		return 130
+	}
 	if code == 0 {
-		fmt.Println("demo: zero failed requests across every upgrade and restart")
+		fmt.Println("demo: through baton, zero failed requests across every upgrade, restart and deploy")
 	}
 	return code
+}
+
+// writeScenario writes the demo's soak: the targets (mostly static GETs;
+// every 11th request a POST to a CGI script, a fork and a shell per
+// request: the two-core box this was sized on does a few dozen a second
+// before queues, and latency, build up) and the events, spread over d.
+func (d *demo) writeScenario(dur time.Duration, rate int) (string, error) {
+	body := filepath.Join(d.dir, "body.txt")
+	if err := os.WriteFile(body, []byte(strings.Repeat("demo ", 100)), 0o644); err != nil {
+		return "", err
+	}
+	base := "http://" + d.addr
+	var t strings.Builder
+	for _, p := range []string{"small.txt", "index.html", "small.txt", "16k.bin", "small.txt", "index.html", "small.txt", "16k.bin", "small.txt", "small.txt"} {
+		fmt.Fprintf(&t, "GET %s/%s\n\n", base, p)
+	}
+	fmt.Fprintf(&t, "POST %s/cgi-bin/post.sh\nContent-Type: text/plain\nX-Request-Id: demo\n@%s\n", base, body)
+	targets := filepath.Join(d.dir, "targets.txt")
+	if err := os.WriteFile(targets, []byte(t.String()), 0o644); err != nil {
+		return "", err
+	}
+	// No kill -9 here: a crash loses the requests in flight to the crashed
+	// server, and baton may replay only the GETs among them, so the POSTs
+	// would fail with baton too (see README, "kill"). The events run at
+	// fixed times whether the previous one has finished or not, so they
+	// are spaced for a slow box.
+	// A "deploy": a new Apache configuration (one more comment line), then
+	// a restart of Apache to load it.
+	deploy := []string{"sh", "-c", "echo '# deployed by make demo' >> " + d.apache.Conf}
+	at := func(frac float64) string {
+		return (time.Duration(frac * float64(dur))).Round(time.Millisecond).String()
+	}
+	var ev strings.Builder
+	for _, e := range []struct {
+		frac  float64
+		extra string
+	}{
+		{0.10, `kind = "upgrade"`},
+		{0.20, "kind = \"restart\"\nbackend = \"apache\""},
+		{0.33, "kind = \"restart\"\nbackend = \"lighttpd\""},
+		{0.46, `kind = "upgrade"`},
+		{0.56, fmt.Sprintf("kind = \"command\"\ncommand = %s\nbackend = \"apache\"", q(deploy))},
+		{0.72, `kind = "restart-all"`},
+		{0.90, `kind = "upgrade"`},
+	} {
+		fmt.Fprintf(&ev, "[[event]]\nat = %q\n%s\n\n", at(e.frac), e.extra)
+	}
+	text := fmt.Sprintf(`# written by make demo
+targets_file = %q
+
+[baton]
+config = %q
+
+[load]
+rate = %d
+workers = 20
+duration = %q
+
+%s[pass]
+max_failed = 0
+max_hold = "10s"
+
+[compare]
+direct = [%q, %q]
+`, targets, d.cfg, rate, dur.String(), ev.String(), d.apache.URL, d.lighttpd.URL)
+	path := filepath.Join(d.dir, "scenario.toml")
+	return path, os.WriteFile(path, []byte(text), 0o644)
+}
+
+func q(argv []string) string {
+	var s []string
+	for _, a := range argv {
+		s = append(s, strconv.Quote(a))
+	}
+	return "[" + strings.Join(s, ", ") + "]"
 }
 
 type demo struct {
@@ -129,13 +198,6 @@ func (d *demo) start(ctx context.Context) error {
 	}
 	d.cfg = filepath.Join(d.dir, "baton.toml")
 	d.socket = filepath.Join(d.dir, "run", "baton.sock")
-	q := func(argv []string) string {
-		var s []string
-		for _, a := range argv {
-			s = append(s, strconv.Quote(a))
-		}
-		return "[" + strings.Join(s, ", ") + "]"
-	}
 	cfg := fmt.Sprintf(`# written by make demo
 [proxy]
 listen = ["127.0.0.1:0"]

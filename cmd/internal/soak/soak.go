@@ -1,64 +1,130 @@
 // Package soak is `baton soak`: it loads a target with vegeta while it
-// upgrades baton and restarts its backends through the control socket, and
-// reports every request that failed and how latency moved around each
-// event. A soak passes only if no request and no event failed.
+// upgrades baton, restarts, drains and kills its backends and runs
+// commands, on a schedule, and reports every request that failed, how
+// latency moved around each event, and whether the pass criteria held.
+//
+// Memory does not grow with the number of requests: latencies go into
+// fixed-size histograms (overall, near events, and one per second for the
+// seconds still receiving results), and only failures are kept one by one
+// (the first maxFailures). Every result can be streamed to a file in
+// vegeta's encoding (Options.Output) for `vegeta report` and `vegeta plot`.
 package soak
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
-	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	vegeta "github.com/tsenart/vegeta/v12/lib"
 
-	"github.com/batonproxy/baton/cmd/internal/control"
+	"github.com/batonproxy/baton/backends"
 )
 
 // Defaults applied by Run to zero Options.
 const (
-	DefaultRate     = 500
-	DefaultDuration = 30 * time.Second
-	DefaultTimeout  = 30 * time.Second
-	DefaultWorkers  = 10
-	nearEvent       = time.Second // latency "around an event" is within this of it
-	maxFailures     = 1000        // failures kept individually in the report
+	DefaultRate         = 500
+	DefaultDuration     = 30 * time.Second
+	DefaultTimeout      = 30 * time.Second
+	DefaultWorkers      = 10
+	DefaultMaxWorkers   = 500
+	DefaultEventTimeout = 10 * time.Minute
+	nearEvent           = time.Second // latency "around an event" is within this of it
+	maxFailures         = 1000        // failures kept individually in the report
+)
+
+// SchemaVersion is the version of the JSON report (Report.Schema). Within
+// a version fields are only ever added; a rename or removal raises it.
+const SchemaVersion = 1
+
+// Modes of a run.
+const (
+	ModeBaton  = "baton"  // load and events go through baton
+	ModeDirect = "direct" // straight to the servers, events done as without baton
 )
 
 // Options configure a soak. Targets and Duration are required; the rest
 // have usable zero values.
 type Options struct {
-	Targets  []vegeta.Target
-	Rate     int           // requests per second; 0 means as fast as Workers allow
-	Workers  int           // concurrent clients (initial for a paced rate, all of them for rate 0)
-	Duration time.Duration // how long to load
-	Timeout  time.Duration // per request
+	Targets []vegeta.Target
+	Rate    int // requests per second; 0 means as fast as Workers allow
+	RampTo  int // if > 0, the rate rises linearly from Rate to RampTo over Duration
+	Workers int // concurrent clients (initial for a paced rate, all of them for rate 0)
+	// MaxWorkers caps the clients a paced rate may grow to when the target
+	// slows down (default DefaultMaxWorkers): beyond it the achieved rate
+	// drops instead of the soak's memory and open files growing.
+	MaxWorkers int
+	Duration   time.Duration // how long to load
+	Timeout    time.Duration // per request
 
-	Socket       string        // baton's control socket, for events
+	Socket   string                     // baton's control socket, for events and hold figures
+	Backends map[string]backends.Config // baton's backends by name (from its configuration), for kill and direct mode
+
+	// Events run at their time (Event.At after the load starts), each on
+	// its own, so one may start while another is still running.
+	Events []EventSpec
+	// The flag form: every d, one at a time per kind.
 	UpgradeEvery time.Duration // upgrade baton this often (0: never)
 	RestartEvery time.Duration // restart a backend this often (0: never)
 	Restart      []string      // backends to restart, in turn; empty: every restartable one
 
+	Pass Criteria // MaxFailed 0 unless set
+
+	// Mode is ModeBaton (the default) or ModeDirect: in direct mode the
+	// targets already point at the servers and events are done to them
+	// the way one would without baton (see EventSpec).
+	Mode string
+
+	Output   io.Writer // every result in vegeta's encoding; nil for none
 	Progress io.Writer // a line per second; nil for none
 }
 
-// Event is an upgrade or restart triggered during the soak.
+// Criteria are the pass/fail limits of a soak. A zero MaxP99 or MaxHold
+// is no limit; MaxFailed is always a limit (0 by default).
+type Criteria struct {
+	MaxFailed int
+	MaxP99    time.Duration
+	MaxHold   time.Duration
+}
+
+// Criterion is one limit and how the soak did against it.
+type Criterion struct {
+	Name   string `json:"name"` // max_failed, max_p99, max_hold
+	Limit  string `json:"limit"`
+	Value  string `json:"value"`
+	OK     bool   `json:"ok"`
+	Detail string `json:"detail,omitempty"`
+}
+
+// Event is something done during the soak, with its outcome.
 type Event struct {
-	Kind   string    `json:"kind"` // upgrade or restart
-	Target string    `json:"target,omitempty"`
-	Start  time.Time `json:"start"`
-	End    time.Time `json:"end"`
-	OK     bool      `json:"ok"`
-	Detail string    `json:"detail"`
+	Kind    string    `json:"kind"`             // upgrade, restart, restart-all, drain, undrain, kill, command
+	Target  string    `json:"target,omitempty"` // the backend, if any
+	At      float64   `json:"at_s,omitempty"`   // scheduled, seconds after the start (scenario events)
+	Start   time.Time `json:"start"`
+	End     time.Time `json:"end"`
+	OK      bool      `json:"ok"`
+	Skipped bool      `json:"skipped,omitempty"` // nothing to do in this mode (an upgrade without baton)
+	Detail  string    `json:"detail"`
 }
 
 // Duration is how long the event took.
 func (e Event) Duration() time.Duration { return e.End.Sub(e.Start) }
+
+// Name is the event's kind and target, e.g. "restart apache".
+func (e Event) Name() string {
+	if e.Target == "" {
+		return e.Kind
+	}
+	return e.Kind + " " + e.Target
+}
 
 // Latencies are percentiles in milliseconds.
 type Latencies struct {
@@ -87,29 +153,50 @@ type Failure struct {
 	URL   string  `json:"url"`
 }
 
-// Report is the outcome of a soak.
-type Report struct {
-	Targets    []string       `json:"targets"`
-	Rate       int            `json:"rate"`
-	Workers    int            `json:"workers"`
-	Start      time.Time      `json:"start"`
-	Duration   time.Duration  `json:"duration_ns"`
-	Requests   int            `json:"requests"`
-	OK         int            `json:"ok"`
-	Failed     int            `json:"failed"`
-	ByKind     map[string]int `json:"failures_by_kind"`
-	Achieved   float64        `json:"achieved_rate"`
-	Latency    Latencies      `json:"latency"`
-	NearEvents Latencies      `json:"latency_near_events"` // within 1 s of an event
-	Events     []Event        `json:"events"`
-	Seconds    []Second       `json:"seconds"`
-	Failures   []Failure      `json:"failures,omitempty"` // the first 1000
+// Hold is what baton reports about requests it held while no backend
+// could take them, over every baton process seen during the soak.
+type Hold struct {
+	Max      time.Duration `json:"max_ns"`   // longest a request waited
+	Held     int64         `json:"held"`     // requests that had to wait
+	Timeouts int64         `json:"timeouts"` // gave up waiting (503)
+	Known    bool          `json:"known"`    // baton's status could be read
 }
 
-// Passed reports whether nothing failed: no request, no event.
+// Report is the outcome of a soak.
+type Report struct {
+	Schema      int            `json:"schema_version"`
+	Mode        string         `json:"mode"`
+	Targets     []string       `json:"targets"`
+	Rate        int            `json:"rate"`
+	RampTo      int            `json:"ramp_to,omitempty"`
+	Workers     int            `json:"workers"`
+	Start       time.Time      `json:"start"`
+	Duration    time.Duration  `json:"duration_ns"`
+	Interrupted bool           `json:"interrupted,omitempty"`
+	Requests    int            `json:"requests"`
+	OK          int            `json:"ok"`
+	Failed      int            `json:"failed"`
+	ByKind      map[string]int `json:"failures_by_kind"`
+	Achieved    float64        `json:"achieved_rate"`
+	Latency     Latencies      `json:"latency"`
+	NearEvents  Latencies      `json:"latency_near_events"` // in seconds within 1 s of an event
+	Hold        Hold           `json:"hold"`
+	Events      []Event        `json:"events"`
+	Criteria    []Criterion    `json:"criteria"`
+	Seconds     []Second       `json:"seconds"`
+	Failures    []Failure      `json:"failures,omitempty"` // the first 1000
+	MaxRSS      int64          `json:"soak_max_rss_bytes"` // the soak process's peak resident memory
+	// Direct is the same soak straight to the servers, without baton
+	// (--compare-direct), run first.
+	Direct *Report `json:"direct,omitempty"`
+}
+
+// Passed reports whether every criterion held and no event failed.
 func (r *Report) Passed() bool {
-	if r.Failed > 0 {
-		return false
+	for _, c := range r.Criteria {
+		if !c.OK {
+			return false
+		}
 	}
 	for _, e := range r.Events {
 		if !e.OK {
@@ -147,11 +234,12 @@ func Classify(code uint16, errText string) string {
 	return "error"
 }
 
-// Run performs the soak and returns its report; the error is for a soak
-// that could not run at all.
-func Run(ctx context.Context, o Options) (*Report, error) {
+// Check validates o and fills its defaults without running anything: the
+// errors a soak would stop on before loading. It asks baton (o.Socket)
+// which backends exist.
+func Check(ctx context.Context, o *Options) error {
 	if len(o.Targets) == 0 {
-		return nil, errors.New("soak: no target")
+		return errors.New("soak: no target")
 	}
 	if o.Duration <= 0 {
 		o.Duration = DefaultDuration
@@ -162,52 +250,141 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	if o.Workers <= 0 {
 		o.Workers = DefaultWorkers
 	}
-	if o.Rate < 0 {
-		return nil, errors.New("soak: rate must not be negative")
+	if o.MaxWorkers <= 0 {
+		o.MaxWorkers = DefaultMaxWorkers
 	}
-	if (o.UpgradeEvery > 0 || o.RestartEvery > 0) && o.Socket == "" {
-		return nil, errors.New("soak: events need --socket (baton's control socket)")
+	o.MaxWorkers = max(o.MaxWorkers, o.Workers)
+	if o.Mode == "" {
+		o.Mode = ModeBaton
 	}
-	restart := o.Restart
-	if o.RestartEvery > 0 && len(restart) == 0 {
+	switch {
+	case o.Mode != ModeBaton && o.Mode != ModeDirect:
+		return fmt.Errorf("soak: unknown mode %q", o.Mode)
+	case o.Rate < 0 || o.RampTo < 0:
+		return errors.New("soak: rate must not be negative")
+	case o.RampTo > 0 && o.Rate == 0:
+		return errors.New("soak: a ramp needs a starting rate above 0")
+	case o.Pass.MaxFailed < 0:
+		return errors.New("soak: max_failed must not be negative")
+	}
+	if o.Mode == ModeDirect {
+		return checkEvents(o, nil)
+	}
+	needSocket := o.UpgradeEvery > 0 || o.RestartEvery > 0 || o.Pass.MaxHold > 0
+	for _, e := range o.Events {
+		needSocket = needSocket || e.Kind != KindCommand && e.Kind != KindKill
+	}
+	if needSocket && o.Socket == "" {
+		return errors.New("soak: events and max_hold need baton's control socket (--socket or --config)")
+	}
+	var known []backends.Status
+	if o.Socket != "" {
 		var err error
-		if restart, err = restartable(ctx, o.Socket); err != nil {
-			return nil, err
+		if known, err = statusBackends(ctx, o.Socket); err != nil {
+			return err
 		}
 	}
+	if o.RestartEvery > 0 && len(o.Restart) == 0 {
+		for _, b := range known {
+			if b.Kind != "" && b.Kind != backends.KindNone {
+				o.Restart = append(o.Restart, b.Name)
+			}
+		}
+		if len(o.Restart) == 0 {
+			return errors.New("soak: --restart-every given but baton has no restartable backend (set kind)")
+		}
+	}
+	for _, name := range o.Restart {
+		if !hasBackend(known, name) {
+			return fmt.Errorf("soak: --restart %s: baton has no backend %q (it has %s)", name, name, backendNames(known))
+		}
+	}
+	return checkEvents(o, known)
+}
 
+// Run performs the soak and returns its report. The error is for a soak
+// that could not run at all (nil report), or for results that could not be
+// written to o.Output (with the report). When ctx ends (Ctrl-C), the load
+// stops, events not started yet are dropped, events under way are waited
+// for, and the report says it was interrupted.
+func Run(ctx context.Context, o Options) (*Report, error) {
+	if err := Check(ctx, &o); err != nil {
+		return nil, err
+	}
+	// Our own transport, so that its idle keep-alive connections can be
+	// closed when the load ends: left open, they would keep a server's
+	// graceful stop waiting (lighttpd waits out its idle keep-alive
+	// connections) in whatever runs next.
+	tr := &http.Transport{
+		Proxy:               http.ProxyFromEnvironment,
+		DialContext:         (&net.Dialer{Timeout: o.Timeout, KeepAlive: 30 * time.Second}).DialContext,
+		TLSClientConfig:     vegeta.DefaultTLSConfig,
+		MaxIdleConnsPerHost: 10000,
+	}
+	defer tr.CloseIdleConnections()
 	opts := []func(*vegeta.Attacker){
+		vegeta.Client(&http.Client{Transport: tr}),
 		vegeta.KeepAlive(true), vegeta.Timeout(o.Timeout), vegeta.MaxBody(0),
 		vegeta.Workers(uint64(o.Workers)), vegeta.Connections(10000), vegeta.Redirects(vegeta.NoFollow),
 	}
-	pacer := vegeta.Rate{Freq: o.Rate, Per: time.Second}
+	var pacer vegeta.Pacer = vegeta.Rate{Freq: o.Rate, Per: time.Second}
+	if o.RampTo > 0 {
+		pacer = vegeta.LinearPacer{
+			StartAt: vegeta.Rate{Freq: o.Rate, Per: time.Second},
+			Slope:   float64(o.RampTo-o.Rate) / o.Duration.Seconds(),
+		}
+	}
 	if o.Rate == 0 {
 		opts = append(opts, vegeta.MaxWorkers(uint64(o.Workers)))
+	} else {
+		opts = append(opts, vegeta.MaxWorkers(uint64(o.MaxWorkers)))
 	}
 	attacker := vegeta.NewAttacker(opts...)
 
-	r := &Report{Rate: o.Rate, Workers: o.Workers, Start: time.Now(), ByKind: map[string]int{}}
+	r := &Report{Schema: SchemaVersion, Mode: o.Mode, Rate: o.Rate, RampTo: o.RampTo, Workers: o.Workers,
+		Start: time.Now(), ByKind: map[string]int{}}
 	r.Targets = describeTargets(o.Targets)
-	col := newCollector(r.Start)
 	ev := &events{}
+	col := newCollector(r.Start, o.Timeout, ev)
+	run := &runner{socket: o.Socket, backends: o.Backends, direct: o.Mode == ModeDirect}
+	var holds *holdWatch
+	if o.Socket != "" && o.Mode == ModeBaton {
+		holds = &holdWatch{socket: o.Socket, byPID: map[int]holdSample{}}
+	}
 
+	// Every goroutine below is stopped by runCtx (the load's end or ctx)
+	// and waited for by wg before the report is finished.
 	runCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wg sync.WaitGroup
+	for i, spec := range o.Events {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ev.at(runCtx, r.Start, i, spec, run)
+		}()
+	}
 	if o.UpgradeEvery > 0 {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			ev.every(runCtx, o.UpgradeEvery, o.Duration, func(int) Event { return upgrade(runCtx, o.Socket) })
+			ev.every(runCtx, o.UpgradeEvery, o.Duration, func(int) EventSpec { return EventSpec{Kind: KindUpgrade} }, run)
 		}()
 	}
 	if o.RestartEvery > 0 {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			ev.every(runCtx, o.RestartEvery, o.Duration, func(i int) Event {
-				return restartOne(runCtx, o.Socket, restart[i%len(restart)])
-			})
+			ev.every(runCtx, o.RestartEvery, o.Duration, func(i int) EventSpec {
+				return EventSpec{Kind: KindRestart, Backend: o.Restart[i%len(o.Restart)]}
+			}, run)
+		}()
+	}
+	if holds != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			holds.watch(runCtx)
 		}()
 	}
 	if o.Progress != nil {
@@ -217,21 +394,94 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 			progress(runCtx, o.Progress, r.Start, col, ev)
 		}()
 	}
+	// The attack ends by itself at Duration, or early when ctx ends.
+	attackDone := make(chan struct{})
+	wg.Add(1)
 	go func() {
-		<-runCtx.Done()
-		attacker.Stop()
+		defer wg.Done()
+		select {
+		case <-ctx.Done():
+			attacker.Stop()
+		case <-attackDone:
+		}
 	}()
-	for res := range attacker.Attack(vegeta.NewStaticTargeter(o.Targets...), pacer, o.Duration, "soak") {
-		col.add(res)
+
+	var enc vegeta.Encoder
+	var out *bufio.Writer
+	var outErr error
+	if o.Output != nil {
+		out = bufio.NewWriterSize(o.Output, 64<<10)
+		enc = vegeta.NewEncoder(out)
 	}
+	for res := range attacker.Attack(vegeta.NewStaticTargeter(o.Targets...), pacer, o.Duration, o.Mode) {
+		col.add(res)
+		if enc != nil && outErr == nil {
+			outErr = enc.Encode(res)
+		}
+	}
+	close(attackDone)
+	tr.CloseIdleConnections()
+	r.Interrupted = ctx.Err() != nil
+	r.Duration = time.Since(r.Start)
+	// The load is over: stop the timers of events not yet due, the progress
+	// line and the hold watch; wait for events under way.
 	cancel()
 	wg.Wait()
 	if o.Progress != nil {
 		fmt.Fprintln(o.Progress)
 	}
+	if out != nil && outErr == nil {
+		outErr = out.Flush()
+	}
 	r.Events = ev.list()
 	col.finish(r)
+	if holds != nil {
+		holds.sample(context.WithoutCancel(ctx))
+		r.Hold = holds.total()
+	}
+	r.Criteria = o.Pass.judge(r)
+	var ru syscall.Rusage
+	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) == nil {
+		r.MaxRSS = ru.Maxrss * 1024
+	}
+	if outErr != nil {
+		return r, fmt.Errorf("soak: write results: %w", outErr)
+	}
 	return r, nil
+}
+
+// judge checks r against the criteria.
+func (c Criteria) judge(r *Report) []Criterion {
+	out := []Criterion{{
+		Name: "max_failed", Limit: fmt.Sprint(c.MaxFailed), Value: fmt.Sprint(r.Failed), OK: r.Failed <= c.MaxFailed,
+		Detail: fmt.Sprintf("%d of %d requests failed", r.Failed, r.Requests),
+	}}
+	if len(r.ByKind) > 0 {
+		var kinds []string
+		for _, k := range sortedKeys(r.ByKind) {
+			kinds = append(kinds, fmt.Sprintf("%s: %d", k, r.ByKind[k]))
+		}
+		out[0].Detail += " (" + strings.Join(kinds, ", ") + ")"
+	}
+	if r.Interrupted {
+		out = append(out, Criterion{Name: "completed", Limit: "yes", Value: "no",
+			Detail: fmt.Sprintf("interrupted after %s", r.Duration.Round(time.Millisecond))})
+	}
+	if c.MaxP99 > 0 {
+		p99 := time.Duration(r.Latency.P99 * float64(time.Millisecond))
+		out = append(out, Criterion{Name: "max_p99", Limit: c.MaxP99.String(), Value: p99.Round(10 * time.Microsecond).String(),
+			OK: p99 <= c.MaxP99, Detail: fmt.Sprintf("p99 latency over %d requests", r.Latency.Count)})
+	}
+	if c.MaxHold > 0 {
+		cr := Criterion{Name: "max_hold", Limit: c.MaxHold.String(), Value: r.Hold.Max.Round(time.Millisecond).String(),
+			OK:     r.Hold.Known && r.Hold.Max <= c.MaxHold,
+			Detail: fmt.Sprintf("longest hold baton reported; %d requests held, %d hold timeouts", r.Hold.Held, r.Hold.Timeouts)}
+		if !r.Hold.Known {
+			cr.Value, cr.Detail = "unknown", "baton's status could not be read"
+		}
+		out = append(out, cr)
+	}
+	return out
 }
 
 // describeTargets lists the distinct targets in order, with how many times
@@ -254,227 +504,6 @@ func describeTargets(ts []vegeta.Target) []string {
 		}
 	}
 	return out
-}
-
-// restartable asks baton which backends can be restarted.
-func restartable(ctx context.Context, socket string) ([]string, error) {
-	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	resp, err := control.Do(cctx, socket, control.Request{Cmd: control.CmdStatus})
-	if err != nil {
-		return nil, fmt.Errorf("soak: %w", err)
-	}
-	if resp.Status == nil {
-		return nil, fmt.Errorf("soak: status: %s", resp.Error)
-	}
-	var out []string
-	for _, b := range resp.Status.Backends {
-		if b.Kind != "" && b.Kind != "none" {
-			out = append(out, b.Name)
-		}
-	}
-	if len(out) == 0 {
-		return nil, errors.New("soak: --restart-every given but baton has no restartable backend (set kind)")
-	}
-	return out, nil
-}
-
-func upgrade(ctx context.Context, socket string) Event {
-	return event(ctx, socket, "upgrade", "", control.Request{Cmd: control.CmdUpgrade}, func(resp control.Response) string {
-		u := resp.Upgrade
-		if u == nil {
-			return ""
-		}
-		return fmt.Sprintf("pid %d, generation %d, ready in %s", u.PID, u.Generation, u.Took.Round(time.Microsecond))
-	})
-}
-
-func restartOne(ctx context.Context, socket, name string) Event {
-	return event(ctx, socket, "restart", name, control.Request{Cmd: control.CmdRestart, Backend: name}, func(resp control.Response) string {
-		if len(resp.Restarts) != 1 {
-			return ""
-		}
-		rr := resp.Restarts[0]
-		var steps []string
-		for _, s := range rr.Steps {
-			steps = append(steps, fmt.Sprintf("%s %s", s.Name, s.Duration.Round(time.Millisecond)))
-		}
-		return fmt.Sprintf("pid %d -> %d; %s", rr.OldPID, rr.NewPID, strings.Join(steps, ", "))
-	})
-}
-
-// event sends req to baton's control socket and records it as an event of
-// kind on target: ok with detail(response), or failed with the error.
-func event(ctx context.Context, socket, kind, target string, req control.Request, detail func(control.Response) string) Event {
-	e := Event{Kind: kind, Target: target, Start: time.Now()}
-	resp, err := control.Do(ctx, socket, req)
-	e.End = time.Now()
-	switch {
-	case err != nil:
-		e.Detail = err.Error()
-	case !resp.OK:
-		e.Detail = resp.Error
-	default:
-		e.OK = true
-		e.Detail = detail(resp)
-	}
-	return e
-}
-
-// events records events; one kind runs one at a time.
-type events struct {
-	mu    sync.Mutex
-	items []Event
-	last  string
-}
-
-func (ev *events) add(e Event) {
-	ev.mu.Lock()
-	defer ev.mu.Unlock()
-	ev.items = append(ev.items, e)
-	state := "ok"
-	if !e.OK {
-		state = "FAILED"
-	}
-	ev.last = fmt.Sprintf("%s %s %s (%s)", e.Kind, e.Target, state, e.Duration().Round(time.Millisecond))
-}
-
-func (ev *events) list() []Event {
-	ev.mu.Lock()
-	defer ev.mu.Unlock()
-	out := slices.Clone(ev.items)
-	slices.SortFunc(out, func(a, b Event) int { return a.Start.Compare(b.Start) })
-	return out
-}
-
-func (ev *events) lastText() string {
-	ev.mu.Lock()
-	defer ev.mu.Unlock()
-	return ev.last
-}
-
-// every runs f at each multiple of d until the load ends, one call at a
-// time (a tick that comes while f runs is skipped).
-func (ev *events) every(ctx context.Context, d, total time.Duration, f func(int) Event) {
-	t := time.NewTicker(d)
-	defer t.Stop()
-	end := time.After(total - d/4)
-	for i := 0; ; i++ {
-		select {
-		case <-ctx.Done():
-			return
-		case <-end:
-			return
-		case <-t.C:
-		}
-		ev.add(f(i))
-	}
-}
-
-// collector accumulates results.
-type collector struct {
-	start time.Time
-	mu    sync.Mutex
-	at    []int64 // ns since start, per request
-	lat   []int64 // latency ns, per request
-	fail  []bool
-	byKnd map[string]int
-	fails []Failure
-	nOK   int
-	nFail int
-}
-
-func newCollector(start time.Time) *collector {
-	return &collector{start: start, byKnd: map[string]int{}}
-}
-
-func (c *collector) add(res *vegeta.Result) {
-	kind := Classify(res.Code, res.Error)
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.at = append(c.at, res.Timestamp.Sub(c.start).Nanoseconds())
-	c.lat = append(c.lat, res.Latency.Nanoseconds())
-	c.fail = append(c.fail, kind != "")
-	if kind == "" {
-		c.nOK++
-		return
-	}
-	c.nFail++
-	c.byKnd[kind]++
-	if len(c.fails) < maxFailures {
-		msg := res.Error
-		if msg == "" {
-			msg = http.StatusText(int(res.Code))
-		}
-		c.fails = append(c.fails, Failure{At: res.Timestamp.Sub(c.start).Seconds(), Kind: kind, Error: msg, URL: res.URL})
-	}
-}
-
-func (c *collector) snapshot() (ok, failed int, p99 float64) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	n := len(c.lat)
-	from := max(0, n-2000)
-	recent := slices.Clone(c.lat[from:])
-	return c.nOK, c.nFail, percentiles(recent).P99
-}
-
-func (c *collector) finish(r *Report) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	r.Duration = time.Since(r.Start)
-	r.Requests, r.OK, r.Failed = len(c.lat), c.nOK, c.nFail
-	r.ByKind = c.byKnd
-	r.Failures = c.fails
-	if r.Duration > 0 {
-		r.Achieved = float64(r.Requests) / r.Duration.Seconds()
-	}
-	r.Latency = percentiles(c.lat)
-
-	var near []int64
-	for i, at := range c.at {
-		t := c.start.Add(time.Duration(at))
-		for _, e := range r.Events {
-			if !t.Before(e.Start.Add(-nearEvent)) && !t.After(e.End.Add(nearEvent)) {
-				near = append(near, c.lat[i])
-				break
-			}
-		}
-	}
-	r.NearEvents = percentiles(near)
-
-	secs := int(r.Duration/time.Second) + 1
-	buckets := make([][]int64, secs)
-	r.Seconds = make([]Second, secs)
-	for i, at := range c.at {
-		s := min(int(at/int64(time.Second)), secs-1)
-		s = max(s, 0)
-		buckets[s] = append(buckets[s], c.lat[i])
-		if c.fail[i] {
-			r.Seconds[s].Failed++
-		} else {
-			r.Seconds[s].OK++
-		}
-	}
-	for s := range r.Seconds {
-		p := percentiles(buckets[s])
-		r.Seconds[s].T, r.Seconds[s].P50, r.Seconds[s].P99, r.Seconds[s].Max = s, p.P50, p.P99, p.Max
-	}
-}
-
-// percentiles computes nearest-rank percentiles of latencies in ns, in ms.
-func percentiles(ns []int64) Latencies {
-	if len(ns) == 0 {
-		return Latencies{}
-	}
-	s := slices.Clone(ns)
-	slices.Sort(s)
-	rank := func(p float64) float64 {
-		i := int(p*float64(len(s))+0.999999) - 1
-		i = min(max(i, 0), len(s)-1)
-		return float64(s[i]) / 1e6
-	}
-	return Latencies{Count: len(s), P50: rank(0.50), P90: rank(0.90), P99: rank(0.99), Max: float64(s[len(s)-1]) / 1e6}
 }
 
 func progress(ctx context.Context, w io.Writer, start time.Time, c *collector, ev *events) {

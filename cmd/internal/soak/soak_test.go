@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -39,22 +40,92 @@ func TestClassify(t *testing.T) {
 	}
 }
 
-func TestPercentiles(t *testing.T) {
-	var ns []int64
-	for i := 1; i <= 100; i++ {
-		ns = append(ns, int64(i)*int64(time.Millisecond))
+func TestHist(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		values []int64 // ns
+		q      float64
+		want   int64
+	}{
+		{"empty", nil, 0.5, 0},
+		{"one", []int64{7e6}, 0.99, 7e6},
+		{"exact below 256ns", []int64{1, 2, 3, 200}, 0.5, 2},
+		{"p50 of 1..100ms", msRange(1, 100), 0.50, 50e6},
+		{"p90 of 1..100ms", msRange(1, 100), 0.90, 90e6},
+		{"p99 of 1..100ms", msRange(1, 100), 0.99, 99e6},
+		{"p100 is the max", msRange(1, 100), 1, 100e6},
+		{"36 min and beyond share the last bucket", []int64{1 << 45}, 0.5, 1 << 45},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var h hist
+			for _, v := range tc.values {
+				h.add(v)
+			}
+			got := h.quantile(tc.q)
+			// Within the histogram's 0.8% resolution, and never below.
+			if got < tc.want || float64(got-tc.want) > 0.008*float64(tc.want) {
+				t.Errorf("quantile(%g): got %d, want %d (+0.8%%)", tc.q, got, tc.want)
+			}
+		})
 	}
-	got := percentiles(ns)
-	want := Latencies{Count: 100, P50: 50, P90: 90, P99: 99, Max: 100}
-	if got != want {
-		t.Errorf("percentiles(1..100 ms): got %+v, want %+v", got, want)
+}
+
+func msRange(from, to int) []int64 {
+	var out []int64
+	for i := from; i <= to; i++ {
+		out = append(out, int64(i)*int64(time.Millisecond))
 	}
-	if got := percentiles(nil); got != (Latencies{}) {
-		t.Errorf("percentiles(nil): got %+v, want zero", got)
+	return out
+}
+
+// TestHistBuckets: every value falls in a bucket whose top is at least the
+// value and at most 0.8% above it, buckets are in order, and the index
+// stays in range.
+func TestHistBuckets(t *testing.T) {
+	prev := -1
+	for v := int64(0); v < 1<<42; v = v + 1 + v/300 {
+		i := bucket(v)
+		if i < prev || i >= histLen {
+			t.Fatalf("bucket(%d) = %d after %d (len %d)", v, i, prev, histLen)
+		}
+		prev = i
+		top := bucketTop(i)
+		if v < 1<<41 && (top < v || float64(top-v) > 0.008*float64(v)+1) {
+			t.Fatalf("bucket(%d) = %d, top %d", v, i, top)
+		}
 	}
-	if got := percentiles([]int64{int64(7 * time.Millisecond)}); got.P50 != 7 || got.P99 != 7 || got.Max != 7 {
-		t.Errorf("percentiles of one: got %+v", got)
+}
+
+// TestCollectorMemoryFlat: a million results over 200 seconds leave the
+// heap where a hundred thousand over 20 seconds left it (give or take the
+// per-second rows), the point of streaming percentiles.
+func TestCollectorMemoryFlat(t *testing.T) {
+	heapAfter := func(n, secs int) uint64 {
+		start := time.Now()
+		c := newCollector(start, 5*time.Second, &events{})
+		res := &vegeta.Result{Code: 200}
+		for i := range n {
+			res.Timestamp = start.Add(time.Duration(i) * time.Duration(secs) * time.Second / time.Duration(n))
+			res.Latency = time.Duration(100+i%5000) * time.Microsecond
+			c.add(res)
+		}
+		runtime.GC()
+		var ms runtime.MemStats
+		runtime.ReadMemStats(&ms)
+		r := &Report{Duration: time.Duration(secs) * time.Second}
+		c.finish(r)
+		if r.Requests != n || r.OK != n || len(r.Seconds) != secs+1 {
+			t.Fatalf("%d results over %ds: report has %d requests, %d ok, %d seconds", n, secs, r.Requests, r.OK, len(r.Seconds))
+		}
+		return ms.HeapAlloc
 	}
+	small := heapAfter(100_000, 20)
+	big := heapAfter(1_000_000, 200)
+	// 17 bytes a result (what keeping every sample cost) would be 15 MB more.
+	if big > small+2<<20 {
+		t.Errorf("heap after 1M results %d bytes, after 100k %d: grows with the number of results", big, small)
+	}
+	t.Logf("heap: %d bytes after 100k results, %d after 1M", small, big)
 }
 
 // TestRunClassifiesFailures loads a server that answers 200, 500, resets
@@ -146,7 +217,8 @@ func TestReportHTML(t *testing.T) {
 	if got, want := strings.Count(html, "event-marker"), 2*len(rep.Events); got != want {
 		t.Errorf("event markers: got %d, want %d", got, want)
 	}
-	if got := strings.Count(html, `class="failure"`); got != len(rep.Failures) {
+	// Both charts mark each failure.
+	if got := strings.Count(html, `class="failure"`); got != 2*len(rep.Failures) {
 		t.Errorf("failure marks: got %d, want %d", got, len(rep.Failures))
 	}
 	for _, want := range []string{"<svg", "FAIL", "restart web1", "start_command failed", "<polyline"} {
