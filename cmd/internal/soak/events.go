@@ -400,7 +400,11 @@ func (r *runner) kill(ctx context.Context, spec EventSpec) (string, error) {
 	if pidFile == "" {
 		pidFile = cfg.PIDFile
 	}
-	pid, err := backends.CheckPIDFile(pidFile)
+	// The same identity check baton makes before any signal: the process
+	// must be this backend's server, listening on its address.
+	check := cfg
+	check.PIDFile = pidFile
+	pid, err := backends.CheckPIDFile(check)
 	if err != nil {
 		return "", err
 	}
@@ -471,7 +475,7 @@ func restartDirect(ctx context.Context, cfg backends.Config) (string, error) {
 		return runCommand(ctx, cfg.RestartCommand)
 	}
 	facts, _ := backends.Facts(cfg.Kind)
-	pid, err := backends.CheckPIDFile(cfg.PIDFile)
+	pid, err := backends.CheckPIDFile(cfg)
 	if err != nil {
 		return "", err
 	}
