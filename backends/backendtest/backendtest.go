@@ -384,6 +384,26 @@ func (s *Server) SlowStarts() int {
 	return strings.Count(string(b), "start ")
 }
 
+// SlowEnds lists when the /cgi-bin/slow.sh requests finished sleeping,
+// just before each answered, in order.
+func (s *Server) SlowEnds() []time.Time {
+	b, err := os.ReadFile(filepath.Join(s.Dir, "logs", "slow.log"))
+	if err != nil {
+		return nil
+	}
+	var out []time.Time
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) != 3 || f[0] != "end" {
+			continue
+		}
+		if secs, err := strconv.ParseFloat(f[2], 64); err == nil {
+			out = append(out, time.Unix(0, int64(secs*1e9)))
+		}
+	}
+	return out
+}
+
 // PostIDs reads the IDs of the POST requests the server processed, in
 // order, one entry per processing.
 func (s *Server) PostIDs() ([]string, error) {

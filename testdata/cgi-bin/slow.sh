@@ -7,6 +7,8 @@ printf 'start %s\n' "$$" >> "$(dirname "$SCRIPT_FILENAME")/../logs/slow.log"
 secs=${QUERY_STRING:-2}
 case "$secs" in *[!0-9.]*|'') secs=2 ;; esac
 sleep "$secs"
+# ... and each end, with the time, just before the answer goes out.
+printf 'end %s %s\n' "$$" "$(date +%s.%N)" >> "$(dirname "$SCRIPT_FILENAME")/../logs/slow.log"
 printf 'Content-Type: text/plain\r\nContent-Length: 4096\r\n\r\n'
 i=0
 while [ $i -lt 64 ]; do
