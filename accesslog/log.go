@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"sync"
 	"time"
 
@@ -121,11 +120,6 @@ func Check(path string) error {
 	f.Close()
 	if errors.Is(statErr, os.ErrNotExist) {
 		_ = os.Remove(path)
-	}
-	if dir := filepath.Dir(path); dir != "" {
-		if fi, err := os.Stat(dir); err != nil || !fi.IsDir() {
-			return fmt.Errorf("accesslog: %s is not a directory", dir)
-		}
 	}
 	return nil
 }

@@ -186,8 +186,9 @@ func TestAccessLogAndMetricsAcrossUpgrades(t *testing.T) {
 		t.Fatal("status names no admin listener")
 	}
 	w := watchCounters(func() string { adminMu.Lock(); defer adminMu.Unlock(); return admin })
-	l := startLoad(t, addr, loadSpec{GoGET: 3, Raw: 2, Post: 1})
-	l.progress(t, 20)
+	t0 := time.Now()
+	l := startLoad(t, addr, loadSpec{GoGET: 2, Raw: 1, Post: 1})
+	l.progress(t, 10)
 
 	logPath := filepath.Join(b.dir, "access.log")
 	var slow []<-chan error
@@ -207,7 +208,8 @@ func TestAccessLogAndMetricsAcrossUpgrades(t *testing.T) {
 				t.Fatalf("ctl reopen-logs: exit %d: %s%s", code, out, errOut)
 			}
 		}
-		l.progress(t, 10)
+		l.progress(t, 5)
+		t.Logf("%s: upgrade %d done", time.Since(t0).Round(time.Millisecond), i)
 	}
 	if st := b.status(); st.Admin != admin {
 		t.Errorf("admin listener moved from %s to %s across upgrades", admin, st.Admin)
@@ -221,6 +223,7 @@ func TestAccessLogAndMetricsAcrossUpgrades(t *testing.T) {
 	sent := l.total() + l.nfail.Load() + int64(len(slow))
 	// Every old generation has exited, so every line is written.
 	waitFor(t, 20*time.Second, "old generations to exit", func() bool { return len(b.processes()) == 1 })
+	t.Logf("%s: old generations gone", time.Since(t0).Round(time.Millisecond))
 	m, err := scrape(admin)
 	if err != nil {
 		t.Fatal(err)
