@@ -5,7 +5,7 @@ GO ?= go
 BIN := bin/baton
 GOFLAGS_TEST ?= -race -count=1 -timeout 12m
 
-.PHONY: all build test vet demo bench deps deps-bench clean
+.PHONY: all build test vet demo bench deps deps-test deps-bench clean
 
 all: build
 
@@ -27,6 +27,10 @@ endef
 deps:
 	$(call need,apache2 lighttpd)
 
+# The tests also load the status page in a headless browser.
+deps-test:
+	$(call need,apache2 lighttpd chromium)
+
 deps-bench:
 	$(call need,apache2 lighttpd wrk haproxy nginx-light)
 
@@ -37,7 +41,7 @@ vet:
 	$(GO) vet ./...
 	@out=$$(gofmt -l .); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 
-test: deps vet
+test: deps-test vet
 	$(GO) test $(GOFLAGS_TEST) ./...
 
 # The main job: baton in front of real Apache and lighttpd, upgraded and
