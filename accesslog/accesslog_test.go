@@ -228,3 +228,22 @@ func TestCheck(t *testing.T) {
 		t.Error("a directory: no error")
 	}
 }
+
+func BenchmarkLog(b *testing.B) {
+	for _, f := range []Format{Combined, JSON} {
+		b.Run(f.String(), func(b *testing.B) {
+			l, err := Open(Options{Path: filepath.Join(b.TempDir(), "a.log"), Format: f})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer l.Close()
+			e := exchange()
+			b.ReportAllocs()
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					l.Log(e, Extra{Generation: 1})
+				}
+			})
+		})
+	}
+}
