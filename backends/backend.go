@@ -1,6 +1,7 @@
 package backends
 
 import (
+	"context"
 	"errors"
 	"net"
 	"net/http"
@@ -23,6 +24,9 @@ type Backend struct {
 
 	pooled *proxy.Transport // keep-alive, for replayable requests
 	fresh  *http.Transport  // one connection per request, for the rest
+	// dial makes connections to the server for baton's own use (the
+	// restart sentinel); with the PROXY protocol it sends the header.
+	dial func(ctx context.Context, network, addr string) (net.Conn, error)
 
 	inflight  atomic.Int64 // this process's share of slot.inflight
 	fails     atomic.Int64 // consecutive failures, active or passive
@@ -53,10 +57,14 @@ func newBackend(cfg Config, slot *stateSlot, set *Set) *Backend {
 		ReadTimeout: cfg.ReadTimeout, MaxResponseHeaderBytes: cfg.MaxResponseHeaderBytes,
 		Fallback: std, // upgrades (WebSocket) keep net/http's handling, and no read timeout
 	}
+	dial := dialer.DialContext
+	if cfg.ProxyProtocol != "" {
+		dial = ppDialer(cfg.ProxyProtocol, dial)
+	}
 	fresh := std.Clone()
 	fresh.DisableKeepAlives = true
-	fresh.DialContext = proxy.ReadTimeoutDialer(dialer.DialContext, cfg.ReadTimeout)
-	b := &Backend{cfg: cfg, facts: facts, addr: addr, slot: slot, set: set, pooled: pooled, fresh: fresh, kickC: make(chan struct{}, 1)}
+	fresh.DialContext = proxy.ReadTimeoutDialer(dial, cfg.ReadTimeout)
+	b := &Backend{cfg: cfg, facts: facts, addr: addr, slot: slot, set: set, pooled: pooled, fresh: fresh, dial: dial, kickC: make(chan struct{}, 1)}
 	b.seenEpoch.Store(atomic.LoadUint64(&slot.epoch))
 	return b
 }
@@ -71,8 +79,13 @@ func (b *Backend) Addr() string { return b.addr }
 func (b *Backend) Config() Config { return b.cfg }
 
 // Transport returns the pooled transport for replayable requests and a
-// fresh-connection one for the others.
+// fresh-connection one for the others. A backend that is sent the PROXY
+// protocol gets a fresh connection per request: the header names one
+// client, so the connection must not carry another's requests.
 func (b *Backend) Transport(replayable bool) http.RoundTripper {
+	if b.cfg.ProxyProtocol != "" {
+		return ppTransport{b.fresh}
+	}
 	if replayable {
 		return b.pooled
 	}

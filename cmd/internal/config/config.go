@@ -135,6 +135,7 @@ type fileBackend struct {
 	ResponseHeaderTimeout  string   `toml:"response_header_timeout"`
 	ReadTimeout            string   `toml:"read_timeout"`
 	MaxResponseHeaderBytes *int     `toml:"max_response_header_bytes"`
+	ProxyProtocol          string   `toml:"proxy_protocol"`
 }
 
 type file struct {
@@ -376,6 +377,7 @@ func buildBackend(fb fileBackend, drain time.Duration) (backends.Config, error) 
 		Name: fb.Name, URL: fb.URL, HealthPath: fb.HealthPath,
 		Kind: backends.Kind(fb.Kind), PIDFile: fb.PIDFile, Restart: backends.Method(fb.Restart),
 		StartCommand: fb.StartCommand, RestartCommand: fb.RestartCommand, DrainTimeout: drain,
+		ProxyProtocol: fb.ProxyProtocol,
 	}
 	var err error
 	try := func(e error) {
