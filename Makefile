@@ -39,9 +39,9 @@ deps:
 
 # What the tests use besides the servers: dpkg installs the package,
 # systemd-analyze (package systemd) verifies its unit, whose Documentation=
-# man:baton(1) it checks with man (man-db).
+# man:baton(1) it checks with man (man-db); chromium loads the status page.
 deps-test: deps
-	$(call need,dpkg systemd gzip man-db)
+	$(call need,dpkg systemd gzip man-db chromium)
 
 deps-bench:
 	$(call need,apache2 lighttpd wrk haproxy nginx-light)

@@ -26,6 +26,9 @@ type Backend struct {
 	fresh  *http.Transport  // one connection per request, for the rest
 	probeT *http.Transport  // health checks: fresh, but past the gate
 	gate   *proxy.DialGate  // bounds connections being opened (pooled and fresh)
+	// dial makes connections to the server for baton's own use (the
+	// restart sentinel); with the PROXY protocol it sends the header.
+	dial func(ctx context.Context, network, addr string) (net.Conn, error)
 
 	inflight  atomic.Int64 // this process's share of slot.inflight
 	gen       *genEntry    // this generation's entry in slot; nil: global count only
@@ -39,7 +42,11 @@ func newBackend(cfg Config, slot *stateSlot, set *Set) *Backend {
 	addr, _ := hostPort(cfg.URL) // validated
 	facts := servers[cfg.Kind]
 	dialer := &net.Dialer{Timeout: cfg.DialTimeout, KeepAlive: 30 * time.Second}
-	gate := &proxy.DialGate{Max: cfg.MaxConnecting, Dial: dialer.DialContext}
+	dial := dialer.DialContext
+	if cfg.ProxyProtocol != "" {
+		dial = ppDialer(cfg.ProxyProtocol, dial)
+	}
+	gate := &proxy.DialGate{Max: cfg.MaxConnecting, Dial: dial}
 	std := &http.Transport{
 		DialContext:            gate.DialContext,
 		MaxIdleConns:           0, // no global cap; per host below
@@ -65,9 +72,9 @@ func newBackend(cfg Config, slot *stateSlot, set *Set) *Backend {
 	// Health checks do not queue behind requests: a check that waited its
 	// turn behind a burst could fail and mark a healthy backend down.
 	probeT := fresh.Clone()
-	probeT.DialContext = proxy.ReadTimeoutDialer(dialer.DialContext, cfg.ReadTimeout)
+	probeT.DialContext = proxy.ReadTimeoutDialer(dial, cfg.ReadTimeout)
 	b := &Backend{cfg: cfg, facts: facts, addr: addr, slot: slot, set: set, pooled: pooled, fresh: fresh, probeT: probeT,
-		gate: gate, kickC: make(chan struct{}, 1)}
+		gate: gate, dial: dial, kickC: make(chan struct{}, 1)}
 	b.seenEpoch.Store(atomic.LoadUint64(&slot.epoch))
 	return b
 }
@@ -82,8 +89,13 @@ func (b *Backend) Addr() string { return b.addr }
 func (b *Backend) Config() Config { return b.cfg }
 
 // Transport returns the pooled transport for replayable requests and a
-// fresh-connection one for the others.
+// fresh-connection one for the others. A backend that is sent the PROXY
+// protocol gets a fresh connection per request: the header names one
+// client, so the connection must not carry another's requests.
 func (b *Backend) Transport(replayable bool) http.RoundTripper {
+	if b.cfg.ProxyProtocol != "" {
+		return ppTransport{b.fresh}
+	}
 	if replayable {
 		return b.pooled
 	}

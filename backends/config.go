@@ -85,6 +85,10 @@ type Config struct {
 	// MaxResponseHeaderBytes bounds a response's header block; a larger
 	// one is a 502 (default 64 KiB).
 	MaxResponseHeaderBytes int
+	// ProxyProtocol, "v1" or "v2", sends the server a PROXY protocol
+	// header naming the client before each request, on a connection of
+	// its own (no pooling); "" (default) sends none.
+	ProxyProtocol string
 }
 
 // FieldError is a validation error about one configuration key.
@@ -192,6 +196,11 @@ func (c Config) Validate() error {
 		if d.v < 0 {
 			return fieldErr(d.key, "must not be negative, got %s", d.v)
 		}
+	}
+	switch c.ProxyProtocol {
+	case "", ProxyProtocolV1, ProxyProtocolV2:
+	default:
+		return fieldErr("proxy_protocol", "%q: want v1 or v2 (or leave it out)", c.ProxyProtocol)
 	}
 	if c.MaxFails < 0 {
 		return fieldErr("max_fails", "must not be negative, got %d", c.MaxFails)

@@ -112,8 +112,11 @@ type sentinelConn struct {
 func (b *Backend) openSentinel(ctx context.Context) *sentinelConn {
 	ctx, cancel := context.WithTimeout(ctx, b.cfg.HealthTimeout)
 	defer cancel()
-	var d net.Dialer
-	c, err := d.DialContext(ctx, "tcp", b.addr)
+	dial := b.dial
+	if dial == nil {
+		dial = (&net.Dialer{}).DialContext
+	}
+	c, err := dial(ctx, "tcp", b.addr)
 	if err != nil {
 		return nil
 	}

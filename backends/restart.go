@@ -229,6 +229,9 @@ func (s *Set) finish(r *restartRun, err error) RestartResult {
 		s.kickHealth(b)
 	}
 	s.broadcast()
+	if s.onRestart != nil {
+		s.onRestart(r.res)
+	}
 	return r.res
 }
 

@@ -22,6 +22,9 @@ type Options struct {
 	// RunDir holds the output of commands baton runs for backends
 	// (start-<name>.log); default os.TempDir().
 	RunDir string
+	// OnRestart, if set, is called with the result of every restart this
+	// process ran (adopted ones included), once it has finished.
+	OnRestart func(RestartResult)
 }
 
 // Set is the configured backends: it picks one per request (round-robin
@@ -37,6 +40,8 @@ type Set struct {
 	gen      genID            // this process, for its in-flight entries; 0 if /proc could not tell
 	alive    func(genID) bool // genAlive; a test seam
 	gensFull sync.Once        // logs the fall back to global-only counting
+
+	onRestart func(RestartResult)
 
 	rr      atomic.Uint64
 	waiters atomic.Int64
@@ -58,14 +63,15 @@ type Set struct {
 // the previous generation (if any). Configs must be normalized and valid.
 func New(cfgs []Config, table *StateTable, opts Options) (*Set, error) {
 	s := &Set{
-		byName:   map[string]*Backend{},
-		table:    table,
-		log:      opts.Logger,
-		runDir:   opts.RunDir,
-		pid:      os.Getpid(),
-		alive:    genAlive,
-		changedC: make(chan struct{}),
-		watchC:   make(chan struct{}, 1),
+		byName:    map[string]*Backend{},
+		table:     table,
+		log:       opts.Logger,
+		runDir:    opts.RunDir,
+		pid:       os.Getpid(),
+		alive:     genAlive,
+		onRestart: opts.OnRestart,
+		changedC:  make(chan struct{}),
+		watchC:    make(chan struct{}, 1),
 	}
 	if s.runDir == "" {
 		s.runDir = os.TempDir()

@@ -40,6 +40,9 @@ type Options struct {
 	DrainTimeout time.Duration
 	// Logger receives signals and upgrade outcomes; nil discards them.
 	Logger *slog.Logger
+	// OnUpgrade, if set, is called with the outcome of every upgrade this
+	// process started (err nil: it succeeded), from the upgrade goroutine.
+	OnUpgrade func(res UpgradeResult, err error)
 }
 
 // Errors returned by Upgrade.
@@ -94,6 +97,7 @@ type Handoff struct {
 	upgrading atomic.Bool
 	stopping  atomic.Bool
 	replaced  atomic.Bool
+	drainCut  atomic.Bool
 	lastErr   atomic.Pointer[string]
 }
 
@@ -209,6 +213,14 @@ func (h *Handoff) Upgrading() bool { return h.upgrading.Load() }
 // Draining reports whether this process has stopped accepting: it was
 // replaced or told to stop.
 func (h *Handoff) Draining() bool { return h.replaced.Load() || h.stopping.Load() }
+
+// Stopping reports whether a final stop has begun (SIGTERM, SIGINT, Stop):
+// this process will not be replaced. An upgrade never sets it.
+func (h *Handoff) Stopping() bool { return h.stopping.Load() }
+
+// DrainCut reports whether the drain deadline has passed: what is still
+// open is being closed.
+func (h *Handoff) DrainCut() bool { return h.drainCut.Load() }
 
 // LastUpgradeError is the reason the last upgrade failed, or "".
 func (h *Handoff) LastUpgradeError() string {
@@ -471,6 +483,9 @@ func (h *Handoff) run() {
 			resultC = nil
 			h.upgrading.Store(false)
 			r.res.Coalesced = len(waiters) - 1
+			if h.opts.OnUpgrade != nil {
+				h.opts.OnUpgrade(r.res, r.err)
+			}
 			if r.err == nil {
 				h.replaced.Store(true)
 				h.log.Info("upgrade done: new process is serving", "pid", r.res.PID, "generation", r.res.Generation,
@@ -630,6 +645,12 @@ func (h *Handoff) Shutdown(servers ...Drainer) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), h.opts.DrainTimeout)
 	defer cancel()
+	stopCut := context.AfterFunc(ctx, func() {
+		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			h.drainCut.Store(true)
+		}
+	})
+	defer stopCut()
 	var g multierror.Group
 	for _, s := range servers {
 		g.Go(func() error { return s.Drain(ctx) })

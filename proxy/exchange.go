@@ -29,6 +29,10 @@ type Exchange struct {
 	BytesOut int64  // response body bytes written to the client
 	Backend  string // the backend that answered, or the last one tried; "" if none
 	Attempts int    // sends to backends (retries included)
+	// DialRetries is how many of the Attempts-1 retries followed a
+	// connection that could not be made; the rest followed a connection
+	// that failed before a response.
+	DialRetries int
 
 	Held     time.Duration // waiting for a ready backend
 	Upstream time.Duration // from sending to the backend to its response header (last attempt)

@@ -272,6 +272,9 @@ func (h *Handler) roundTrip(req *http.Request) (*http.Response, error) {
 		}
 		attempt++
 		h.retries.Add(1)
+		if dial && rw != nil {
+			rw.ex.DialRetries++
+		}
 		lastErr, lastUp, avoid = err, up.Name(), up
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -41,12 +42,17 @@ type Server struct {
 	PostLog      string   // one line per request processed by /cgi-bin/post.sh
 	Binary       string   // absolute path of apache2 or lighttpd
 	StartCommand []string // starts it again in the background (daemonizing)
+	// ProxyProtocol: connections must begin with a PROXY protocol header.
+	ProxyProtocol bool
 }
 
 // Options change the rendered configuration.
 type Options struct {
 	// Extra is appended to the configuration file verbatim.
 	Extra string
+	// ProxyProtocol: the server expects a PROXY protocol header on every
+	// connection (Extra turns it on); WaitHealthy sends one.
+	ProxyProtocol bool
 }
 
 // Binary finds the server binary for kind (apache2 or lighttpd), looking in
@@ -113,7 +119,7 @@ func Start(kind, dir string, opts Options) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{
-		Kind: kind, Dir: dir, Binary: bin,
+		Kind: kind, Dir: dir, Binary: bin, ProxyProtocol: opts.ProxyProtocol,
 		ErrorLog: filepath.Join(dir, "logs", "error.log"),
 		PostLog:  filepath.Join(dir, "logs", "posts.log"),
 	}
@@ -255,7 +261,19 @@ func (s *Server) StartAgain() error {
 
 // WaitHealthy polls the server until it answers 200 for / or ctx ends.
 func (s *Server) WaitHealthy(ctx context.Context) error {
-	c := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: time.Second}
+	tr := &http.Transport{DisableKeepAlives: true}
+	if s.ProxyProtocol {
+		tr.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+			var d net.Dialer
+			c, err := d.DialContext(ctx, network, addr)
+			if err == nil {
+				l, r := c.LocalAddr().(*net.TCPAddr), c.RemoteAddr().(*net.TCPAddr)
+				_, err = fmt.Fprintf(c, "PROXY TCP4 %s %s %d %d\r\n", l.IP, r.IP, l.Port, r.Port)
+			}
+			return c, err
+		}
+	}
+	c := &http.Client{Transport: tr, Timeout: time.Second}
 	var last error
 	for {
 		resp, err := c.Get(s.URL + "/")

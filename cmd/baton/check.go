@@ -16,6 +16,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/batonproxy/baton/accesslog"
 	"github.com/batonproxy/baton/backends"
 	"github.com/batonproxy/baton/cmd/internal/config"
 	"github.com/batonproxy/baton/cmd/internal/control"
@@ -72,6 +73,19 @@ func checkRuntime(cfg *config.Config) error {
 		}
 		return &config.Error{File: cfg.Path, Key: fmt.Sprintf("proxy.listen[%d]", n), Err: err}
 	}
+	if a := cfg.Admin.Listen; a != "" {
+		ln, err := net.Listen("tcp", a)
+		if err == nil {
+			ln.Close()
+		} else if !errors.Is(err, syscall.EADDRINUSE) || !held[a] {
+			return &config.Error{File: cfg.Path, Key: "admin.listen", Err: err}
+		}
+	}
+	if cfg.AccessLog != "" {
+		if err := accesslog.Check(cfg.AccessLog); err != nil {
+			return &config.Error{File: cfg.Path, Key: "log.access", Err: err}
+		}
+	}
 	for n, b := range cfg.Backends {
 		if !b.Restartable() {
 			continue
@@ -112,6 +126,9 @@ func runningListeners(cfg *config.Config) map[string]bool {
 	}
 	for _, a := range resp.Status.Listeners {
 		out[a] = true
+	}
+	if resp.Status.Admin != "" {
+		out[resp.Status.Admin] = true
 	}
 	return out
 }

@@ -28,6 +28,7 @@ commands:
   restart --all       the same for every restartable backend, one at a time
   drain NAME          take NAME out of rotation (in-flight requests finish)
   undrain NAME        put NAME back into rotation (once healthy)
+  reopen-logs         reopen the access log in every live generation (after logrotate)
 
 ctl waits for the answer up to --timeout; by default 10s for status, 1m for
 upgrade, stop, drain and undrain, 2m for restart and 10m for restart --all
@@ -227,6 +228,8 @@ func printResponse(w io.Writer, req control.Request, r control.Response) {
 		fmt.Fprintf(w, "%s undrained: %s\n", r.Backend.Name, r.Backend.State)
 	case r.OK && req.Cmd == control.CmdStop:
 		fmt.Fprintln(w, "stopping: draining connections")
+	case r.OK && req.Cmd == control.CmdReopenLogs:
+		fmt.Fprintln(w, "logs reopened")
 	}
 }
 
@@ -262,6 +265,16 @@ func printStatus(w io.Writer, s *control.Status) {
 	fmt.Fprintf(w, "config     %s\n", s.Config)
 	fmt.Fprintf(w, "listen     %s (%d connections)\n", strings.Join(s.Listeners, ", "), s.Connections)
 	fmt.Fprintf(w, "control    %s\n", s.ControlSocket)
+	if s.Admin != "" {
+		fmt.Fprintf(w, "admin      http://%s/\n", s.Admin)
+	}
+	if len(s.Generations) > 1 {
+		var gs []string
+		for _, g := range s.Generations {
+			gs = append(gs, fmt.Sprintf("%d (pid %d, %s)", g.Generation, g.PID, g.State))
+		}
+		fmt.Fprintf(w, "processes  %s\n", strings.Join(gs, ", "))
+	}
 	if s.LastUpgradeError != "" {
 		fmt.Fprintf(w, "last upgrade failed: %s\n", s.LastUpgradeError)
 	}

@@ -69,10 +69,21 @@ func (i *instance) handleControl(ctx context.Context, req control.Request) contr
 			return control.Errorf("%v", err)
 		}
 		return control.Response{OK: true, Backend: &st}
+	case control.CmdReopenLogs:
+		// Older generations still draining see the epoch move and
+		// reopen within a quarter of a second; this one does it now.
+		i.mtab.Load().BumpReopen()
+		if i.alog != nil {
+			if err := i.alog.Reopen(); err != nil {
+				return control.Errorf("reopen-logs: %v", err)
+			}
+			i.log.Info("access log reopened", "path", i.cfg.AccessLog)
+		}
+		return control.Response{OK: true}
 	case "":
-		return control.Errorf("missing \"cmd\" (want status, upgrade, stop, restart, drain or undrain)")
+		return control.Errorf("missing \"cmd\" (want status, upgrade, stop, restart, drain, undrain or reopen-logs)")
 	default:
-		return control.Errorf("unknown command %q (want status, upgrade, stop, restart, drain or undrain)", req.Cmd)
+		return control.Errorf("unknown command %q (want status, upgrade, stop, restart, drain, undrain or reopen-logs)", req.Cmd)
 	}
 }
 
@@ -85,6 +96,7 @@ func (i *instance) status() control.Status {
 		UptimeSeconds:    time.Since(i.h.Started()).Seconds(),
 		Config:           i.cfg.Path,
 		Listeners:        i.listeners(),
+		Admin:            i.adminAddr(),
 		ControlSocket:    i.cfg.ControlSocket,
 		Upgrading:        i.h.Upgrading(),
 		Draining:         i.h.Draining(),
@@ -92,6 +104,7 @@ func (i *instance) status() control.Status {
 		Connections:      i.connections(),
 		Proxy:            i.px.Stats(),
 		Backends:         i.set.Status(),
+		Generations:      i.mtab.Load().Generations(),
 	}
 	for _, b := range st.Backends {
 		if b.State == "draining" || b.State == "restarting" || b.State == "starting" {

@@ -18,10 +18,12 @@ import (
 
 	"github.com/hashicorp/go-multierror"
 
+	"github.com/batonproxy/baton/accesslog"
 	"github.com/batonproxy/baton/backends"
 	"github.com/batonproxy/baton/cmd/internal/config"
 	"github.com/batonproxy/baton/cmd/internal/control"
 	"github.com/batonproxy/baton/handoff"
+	"github.com/batonproxy/baton/metrics"
 	"github.com/batonproxy/baton/proxy"
 )
 
@@ -29,11 +31,14 @@ import (
 // the next generation.
 const stateFile = "baton.backends"
 
-func newLogger(w io.Writer, level slog.Level, format string) *slog.Logger {
+func newLogger(w io.Writer, level slog.Level, format string, events *eventRing) *slog.Logger {
 	opts := &slog.HandlerOptions{Level: level}
 	var h slog.Handler = slog.NewTextHandler(w, opts)
 	if format == "json" {
 		h = slog.NewJSONHandler(w, opts)
+	}
+	if events != nil {
+		h = teeHandler{h: h, ring: events}
 	}
 	return slog.New(h).With("pid", os.Getpid())
 }
@@ -49,6 +54,14 @@ type instance struct {
 	servers []*handoff.Server
 	ctl     *control.Server
 	addrs   []string // actual listen addresses
+
+	mtab   atomic.Pointer[metrics.Table] // shared counters; set in start
+	alog   *accesslog.Log                // nil: no access log
+	admin  *adminServer                  // nil: no admin listener
+	events *eventRing
+
+	restartsMu   sync.Mutex
+	lastRestarts map[string]backends.RestartResult // run by this process
 
 	restartAll atomic.Bool
 	bg         sync.WaitGroup // serve loops, health checks, signal handling
@@ -89,8 +102,10 @@ func cmdRun(args []string, stderr io.Writer) int {
 	if cfgErr == nil && cfg.Threads > 0 {
 		runtime.GOMAXPROCS(cfg.Threads)
 	}
-	log := newLogger(stderr, level, format)
+	inst := &instance{cfg: cfg, events: newEventRing(64)}
+	log := newLogger(stderr, level, format, inst.events)
 	hopts.Logger = log
+	hopts.OnUpgrade = inst.recordUpgrade
 	h, err := handoff.New(hopts)
 	if err != nil {
 		log.Error("cannot start", "err", err)
@@ -103,7 +118,7 @@ func cmdRun(args []string, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "baton run: %v\n", cfgErr)
 		return 1
 	}
-	inst := &instance{cfg: cfg, h: h, log: log}
+	inst.h, inst.log = h, log
 	if err := inst.start(); err != nil {
 		h.Fail(err)
 		fmt.Fprintf(stderr, "baton run: %v\n", err)
@@ -117,6 +132,7 @@ func cmdRun(args []string, stderr io.Writer) int {
 		inst.abort()
 		return 1
 	}
+	inst.mtab.Load().Serving()
 	log.Info("serving", "listen", inst.addrs, "backends", len(cfg.Backends), "config", cfg.Path, "version", versionString())
 	inst.warnBackends()
 
@@ -144,13 +160,42 @@ func (i *instance) start() error {
 	if err := h.AddFile(stateFile, i.table.File()); err != nil {
 		return err
 	}
-	i.set, err = backends.New(cfg.Backends, i.table, backends.Options{Logger: i.log, RunDir: cfg.RunDir})
+	i.set, err = backends.New(cfg.Backends, i.table, backends.Options{Logger: i.log, RunDir: cfg.RunDir, OnRestart: i.recordRestart})
 	if err != nil {
 		return err
 	}
+	names := make([]string, len(cfg.Backends))
+	for n, b := range cfg.Backends {
+		names[n] = b.Name
+	}
+	mt, err := openMetrics(h, names)
+	if err != nil {
+		return err
+	}
+	mt.Join(h.Generation(), h.Started())
+	i.mtab.Store(mt)
+	if cfg.AccessLog != "" {
+		i.alog, err = accesslog.Open(accesslog.Options{
+			Path: cfg.AccessLog, Format: cfg.AccessFormat,
+			ReopenEpoch: mt.ReopenEpoch, Written: mt.LogWritten, Dropped: mt.LogDropped,
+		})
+		if err != nil {
+			return &config.Error{File: cfg.Path, Key: "log.access", Err: err}
+		}
+	}
 	pcfg := cfg.Proxy
 	pcfg.Logger = i.log
+	if i.alog != nil || cfg.Admin.Listen != "" {
+		pcfg.Observer = &observer{table: mt, log: i.alog, h: h, gen: h.Generation()}
+	}
 	i.px = proxy.New(i.set, pcfg)
+	if cfg.Admin.Listen != "" {
+		ln, err := h.Listen("tcp", cfg.Admin.Listen)
+		if err != nil {
+			return &config.Error{File: cfg.Path, Key: "admin.listen", Err: err}
+		}
+		i.startAdmin(ln)
+	}
 
 	errLog := slog.NewLogLogger(i.log.Handler(), slog.LevelDebug)
 	for n, addr := range cfg.Listen {
@@ -200,6 +245,15 @@ func (i *instance) abort() {
 	}
 	if i.ctl != nil {
 		i.ctl.StopAccepting()
+	}
+	if i.admin != nil {
+		i.admin.close()
+	}
+	if i.alog != nil {
+		i.alog.Close()
+	}
+	if t := i.mtab.Load(); t != nil {
+		t.Leave()
 	}
 	i.h.Stop()
 }
@@ -261,6 +315,20 @@ func (i *instance) startRestartAll(by string) {
 // finish connections up to drain_timeout, finish owned backend restarts,
 // and exit 0.
 func (i *instance) shutdown() int {
+	mt := i.mtab.Load()
+	mt.Draining()
+	final := i.h.Stopping()
+	if i.admin != nil && !final {
+		// Replaced: the new generation answers on the admin listener.
+		i.admin.close()
+	}
+	if final && i.cfg.Admin.StopDelay > 0 {
+		// /readyz says 503 already; keep serving while the balancer in
+		// front notices.
+		i.log.Info("stopping: still accepting while /readyz says 503", "stop_delay", i.cfg.Admin.StopDelay)
+		t := time.NewTimer(i.cfg.Admin.StopDelay)
+		<-t.C
+	}
 	drainers := make([]handoff.Drainer, 0, len(i.servers)+1)
 	for _, s := range i.servers {
 		drainers = append(drainers, s)
@@ -283,7 +351,14 @@ func (i *instance) shutdown() int {
 		i.log.Warn("waiting for backend restarts", "err", err)
 	}
 	i.set.Close()
+	if i.alog != nil {
+		i.alog.Close() // after the drain: lines of requests it finished included
+	}
+	if i.admin != nil && final {
+		i.admin.close()
+	}
 	i.bg.Wait()
+	mt.Leave()
 	i.log.Info("exiting")
 	return 0
 }

@@ -33,6 +33,7 @@ const (
 	setupDirect    = "direct"
 	setupBaton     = "baton"
 	setupBaton1    = "baton (1 thread)"
+	setupBatonObs  = "baton + access log + metrics"
 	setupHAProxy   = "haproxy"
 	setupNginx     = "nginx"
 	setupMinimal   = "go-minimal (reference)"
@@ -167,6 +168,7 @@ func (b *bench) startAll(ctx context.Context) error {
 	}{
 		{setupBaton, b.startBaton, nil},
 		{setupBaton1, b.startBaton1, nil},
+		{setupBatonObs, b.startBatonObs, &cpuCell},
 		{setupHAProxy, b.startHAProxy, nil},
 		{setupNginx, b.startNginxProxy, nil},
 		{setupMinimal, b.startMinimal(setupMinimal, "go-minimal", nil), nil},
@@ -364,6 +366,7 @@ const nginxProxyConf = nginxMain + `http {
 type serverData struct {
 	Dir, Name, Backend string
 	Port               int
+	Extra              string // appended to the configuration
 }
 
 func (b *bench) startNginx(name, tmpl string, port int) (*proc, error) {
@@ -395,13 +398,22 @@ listen = ["127.0.0.1:{{.Port}}"]
 pid_file = "{{.Dir}}/{{.Name}}.pid"
 socket = "{{.Dir}}/{{.Name}}.sock"
 
-[log]
-level = "warn"
-
 [[backend]]
 name = "nginx"
 url = "http://{{.Backend}}"
 health_path = "/small.txt"
+{{.Extra}}`
+
+// obsConf turns on what an operator usually runs with: an access log in
+// the Combined format and the admin listener serving /metrics.
+const obsConf = `
+[log]
+level = "warn"
+access = "{{.Dir}}/{{.Name}}-access.log"
+access_format = "combined"
+
+[admin]
+listen = "127.0.0.2:0"
 `
 
 // startBaton starts the baton that is measured and upgraded.
@@ -420,10 +432,20 @@ func (b *bench) startBaton1(port int) (*proc, error) {
 	return b.startBatonAs(setupBaton1, "baton-1t", []string{oneThreadEnv}, port)
 }
 
+// startBatonObs starts a baton like the measured one, with its access log
+// and metrics on: the row that shows what observing every request costs.
+func (b *bench) startBatonObs(port int) (*proc, error) {
+	return b.startBatonAs(setupBatonObs, "baton-obs", nil, port, obsConf)
+}
+
 // startBatonAs starts a baton whose configuration, PID file, control
-// socket and log are named after file.
-func (b *bench) startBatonAs(setupName, file string, env []string, port int) (*proc, error) {
-	d := serverData{Dir: b.dir, Name: file, Backend: b.backendAddr, Port: port}
+// socket and log are named after file; extra is appended to its
+// configuration.
+func (b *bench) startBatonAs(setupName, file string, env []string, port int, extra ...string) (*proc, error) {
+	d := serverData{Dir: b.dir, Name: file, Backend: b.backendAddr, Port: port, Extra: strings.Join(extra, "\n")}
+	if len(extra) == 0 {
+		d.Extra = "\n[log]\nlevel = \"warn\"\n"
+	}
 	conf, err := b.writeConfig(file+".toml", batonConf, d)
 	if err != nil {
 		return nil, err

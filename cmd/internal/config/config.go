@@ -17,6 +17,7 @@ import (
 
 	"github.com/BurntSushi/toml"
 
+	"github.com/batonproxy/baton/accesslog"
 	"github.com/batonproxy/baton/backends"
 	"github.com/batonproxy/baton/handoff"
 	"github.com/batonproxy/baton/proxy"
@@ -40,6 +41,22 @@ type Config struct {
 	// Threads caps the OS threads running Go code (GOMAXPROCS); 0 leaves
 	// Go's default, one per CPU.
 	Threads int
+	// AccessLog is the access log's path, "-" for standard output, "" for
+	// none; AccessFormat its format.
+	AccessLog    string
+	AccessFormat accesslog.Format
+	Admin        Admin
+}
+
+// Admin is the admin HTTP listener (/metrics, /healthz, /readyz, the
+// status page).
+type Admin struct {
+	// Listen is its address; "" means no admin listener.
+	Listen string
+	// StopDelay is how long, at a final stop, baton keeps accepting
+	// requests while /readyz already answers 503, so that a balancer in
+	// front stops sending first. Zero: stop accepting at once.
+	StopDelay time.Duration
 }
 
 // ServerLimits are the client-facing HTTP server's timeouts and limits;
@@ -87,8 +104,15 @@ type fileControl struct {
 }
 
 type fileLog struct {
-	Level  string `toml:"level"`
-	Format string `toml:"format"`
+	Level        string `toml:"level"`
+	Format       string `toml:"format"`
+	Access       string `toml:"access"`
+	AccessFormat string `toml:"access_format"`
+}
+
+type fileAdmin struct {
+	Listen    string `toml:"listen"`
+	StopDelay string `toml:"stop_delay"`
 }
 
 type fileBackend struct {
@@ -113,12 +137,14 @@ type fileBackend struct {
 	ResponseHeaderTimeout  string   `toml:"response_header_timeout"`
 	ReadTimeout            string   `toml:"read_timeout"`
 	MaxResponseHeaderBytes *int     `toml:"max_response_header_bytes"`
+	ProxyProtocol          string   `toml:"proxy_protocol"`
 }
 
 type file struct {
 	Proxy   fileProxy     `toml:"proxy"`
 	Control fileControl   `toml:"control"`
 	Log     fileLog       `toml:"log"`
+	Admin   fileAdmin     `toml:"admin"`
 	Backend []fileBackend `toml:"backend"`
 }
 
@@ -224,15 +250,8 @@ func build(f *file, dir string) (*Config, error) {
 	seen := map[string]bool{}
 	for i, a := range f.Proxy.Listen {
 		key := fmt.Sprintf("proxy.listen[%d]", i)
-		host, port, err := net.SplitHostPort(a)
-		if err != nil {
-			return nil, errAt(key, "%q: %v", a, err)
-		}
-		if p, err := strconv.Atoi(port); err != nil || p < 0 || p > 65535 {
-			return nil, errAt(key, "%q: bad port", a)
-		}
-		if host != "" && net.ParseIP(host) == nil && host != "localhost" {
-			return nil, errAt(key, "%q: host must be an IP address", a)
+		if err := checkAddr(a); err != nil {
+			return nil, errAt(key, "%v", err)
 		}
 		if seen[a] {
 			return nil, errAt(key, "%q listed twice", a)
@@ -294,6 +313,29 @@ func build(f *file, dir string) (*Config, error) {
 		return nil, errAt("log.format", "%q: want text or json", f.Log.Format)
 	}
 
+	if f.Log.Access != "-" {
+		c.AccessLog = under(dir, f.Log.Access)
+	} else {
+		c.AccessLog = "-"
+	}
+	if c.AccessFormat, err = accesslog.ParseFormat(f.Log.AccessFormat); err != nil {
+		return nil, errAt("log.access_format", "%v", err)
+	}
+	if a := f.Admin.Listen; a != "" {
+		if err := checkAddr(a); err != nil {
+			return nil, errAt("admin.listen", "%v", err)
+		}
+		for _, l := range c.Listen {
+			if l == a {
+				return nil, errAt("admin.listen", "%q is also a proxy.listen address (listeners are handed to the next generation by the address written here)", a)
+			}
+		}
+		c.Admin.Listen = a
+	}
+	if err := duration("admin.stop_delay", f.Admin.StopDelay, &c.Admin.StopDelay); err != nil {
+		return nil, err
+	}
+
 	if len(f.Backend) == 0 {
 		return nil, errAt("backend", "no [[backend]] configured")
 	}
@@ -317,12 +359,28 @@ func build(f *file, dir string) (*Config, error) {
 	return c, nil
 }
 
+// checkAddr validates a listen address: IP (or localhost) and port.
+func checkAddr(a string) error {
+	host, port, err := net.SplitHostPort(a)
+	if err != nil {
+		return fmt.Errorf("%q: %v", a, err)
+	}
+	if p, err := strconv.Atoi(port); err != nil || p < 0 || p > 65535 {
+		return fmt.Errorf("%q: bad port", a)
+	}
+	if host != "" && net.ParseIP(host) == nil && host != "localhost" {
+		return fmt.Errorf("%q: host must be an IP address", a)
+	}
+	return nil
+}
+
 func buildBackend(fb fileBackend, drain time.Duration) (backends.Config, error) {
 	b := backends.Config{
 		Name: fb.Name, URL: fb.URL, HealthPath: fb.HealthPath,
 		Kind: backends.Kind(fb.Kind), PIDFile: fb.PIDFile, Restart: backends.Method(fb.Restart),
 		StartCommand: fb.StartCommand, RestartCommand: fb.RestartCommand, DrainTimeout: drain,
-		ProcessExe: fb.ProcessExe,
+		ProcessExe:    fb.ProcessExe,
+		ProxyProtocol: fb.ProxyProtocol,
 	}
 	var err error
 	try := func(e error) {

@@ -20,6 +20,7 @@ import (
 
 	"github.com/batonproxy/baton/backends"
 	"github.com/batonproxy/baton/handoff"
+	"github.com/batonproxy/baton/metrics"
 	"github.com/batonproxy/baton/proxy"
 )
 
@@ -37,6 +38,9 @@ const (
 	CmdRestart = "restart"
 	CmdDrain   = "drain"
 	CmdUndrain = "undrain"
+	// CmdReopenLogs reopens the access log in every live generation
+	// (after logrotate moved it).
+	CmdReopenLogs = "reopen-logs"
 )
 
 // Request is one line sent to the control socket.
@@ -71,6 +75,7 @@ type Status struct {
 	UptimeSeconds    float64           `json:"uptime_s"`
 	Config           string            `json:"config"`
 	Listeners        []string          `json:"listeners"`
+	Admin            string            `json:"admin,omitempty"` // the admin listener's address
 	ControlSocket    string            `json:"control_socket"`
 	Upgrading        bool              `json:"upgrading"`
 	Draining         bool              `json:"draining"`
@@ -79,6 +84,9 @@ type Status struct {
 	Connections      int               `json:"connections"`
 	Proxy            proxy.Stats       `json:"proxy"`
 	Backends         []backends.Status `json:"backends"`
+	// Generations are the live baton processes, oldest first: the serving
+	// one and older ones still draining.
+	Generations []metrics.Generation `json:"generations,omitempty"`
 }
 
 // Handler answers one request. It may block (upgrade, restart); ctx ends

@@ -1,0 +1,126 @@
+package main
+
+import (
+	"context"
+	_ "embed"
+	"encoding/json"
+	"errors"
+	"net"
+	"net/http"
+	"runtime"
+	"time"
+
+	"github.com/batonproxy/baton/backends"
+	"github.com/batonproxy/baton/cmd/internal/control"
+	"github.com/batonproxy/baton/metrics"
+)
+
+//go:embed status.html
+var statusPage []byte
+
+// adminServer serves /metrics, /healthz, /readyz, the status page (/) and
+// its data (/status.json) on the admin listener, which survives upgrades
+// like the proxy's: after an upgrade only the serving generation answers
+// on it (older ones close their copy at once); at a final stop it answers
+// until the drain is over, /readyz saying 503.
+type adminServer struct {
+	srv  *http.Server
+	ln   net.Listener
+	done chan struct{}
+}
+
+func (i *instance) startAdmin(ln net.Listener) {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /metrics", i.serveMetrics)
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	mux.HandleFunc("GET /readyz", i.serveReady)
+	mux.HandleFunc("GET /status.json", i.serveStatusJSON)
+	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/html; charset=utf-8")
+		w.Header().Set("Cache-Control", "no-store")
+		_, _ = w.Write(statusPage)
+	})
+	a := &adminServer{
+		srv: &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, IdleTimeout: 30 * time.Second,
+			ErrorLog: nil},
+		ln: ln, done: make(chan struct{}),
+	}
+	i.admin = a
+	i.bg.Add(1)
+	go func() {
+		defer i.bg.Done()
+		defer close(a.done)
+		if err := a.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			i.log.Error("admin listener", "err", err)
+		}
+	}()
+}
+
+// close stops the admin server, letting a scrape in progress finish (up
+// to a second), and waits for it.
+func (a *adminServer) close() {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	if err := a.srv.Shutdown(ctx); err != nil {
+		_ = a.srv.Close()
+	}
+	<-a.done
+}
+
+func (i *instance) serveReady(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	if i.h.Stopping() {
+		w.WriteHeader(http.StatusServiceUnavailable)
+		_, _ = w.Write([]byte("stopping\n"))
+		return
+	}
+	_, _ = w.Write([]byte("ready\n"))
+}
+
+func (i *instance) serveMetrics(w http.ResponseWriter, r *http.Request) {
+	live := metrics.Live{
+		Generation: i.h.Generation(), Version: versionString(), GoVersion: runtime.Version(),
+		Started: i.h.Started(), Held: i.px.Stats().Held, Draining: i.h.Draining(),
+	}
+	for _, st := range i.set.Status() {
+		live.Backends = append(live.Backends, metrics.BackendLive{Name: st.Name, State: st.State, InFlight: st.InFlight})
+	}
+	w.Header().Set("Content-Type", metrics.ContentType)
+	_ = i.mtab.Load().Write(w, live)
+}
+
+// pageStatus is what the status page shows.
+type pageStatus struct {
+	control.Status
+	Ready        bool                              `json:"ready"`
+	LastRestarts map[string]backends.RestartResult `json:"last_restarts,omitempty"` // run by this process
+	Events       []event                           `json:"events"`
+	AccessLog    string                            `json:"access_log,omitempty"`
+	Now          time.Time                         `json:"now"`
+}
+
+func (i *instance) serveStatusJSON(w http.ResponseWriter, r *http.Request) {
+	ps := pageStatus{Status: i.status(), Ready: !i.h.Stopping(), Events: i.events.list(), AccessLog: i.cfg.AccessLog, Now: time.Now()}
+	i.restartsMu.Lock()
+	if len(i.lastRestarts) > 0 {
+		ps.LastRestarts = make(map[string]backends.RestartResult, len(i.lastRestarts))
+		for k, v := range i.lastRestarts {
+			ps.LastRestarts[k] = v
+		}
+	}
+	i.restartsMu.Unlock()
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	_ = json.NewEncoder(w).Encode(ps)
+}
+
+// adminAddr is the admin listener's address, or "".
+func (i *instance) adminAddr() string {
+	if i.admin == nil {
+		return ""
+	}
+	return i.admin.ln.Addr().String()
+}

@@ -1,0 +1,18 @@
+// Package metrics keeps baton's request, restart and upgrade counters in a
+// Table: shared memory passed from each baton generation to the next (like
+// the backend state table), so that every live generation, the serving one
+// and older ones still draining, adds into the same counters. A counter
+// therefore never goes back when baton upgrades itself, and requests
+// finished by a draining generation are counted.
+//
+// The Table's layout is a contract between baton versions: a newer baton
+// maps the memfd an older one created. Fields are only ever appended into
+// the reserved space of a section (where an older table has zeros, which
+// read as "nothing counted yet"); a change that cannot be expressed that
+// way needs a new magic.
+//
+// Write renders the Table, plus gauges the caller samples, in the
+// Prometheus text exposition format. It is written by hand: no Prometheus
+// client library can keep its counters in memory shared between processes,
+// and recording is a few atomic adds, with no allocation.
+package metrics
