@@ -12,7 +12,7 @@ import (
 
 	"github.com/batonproxy/baton/backends"
 	"github.com/batonproxy/baton/cmd/internal/control"
-	"github.com/batonproxy/baton/metrics"
+	"github.com/batonproxy/baton/cmd/internal/metrics"
 )
 
 //go:embed status.html

@@ -16,8 +16,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/batonproxy/baton/accesslog"
 	"github.com/batonproxy/baton/backends"
+	"github.com/batonproxy/baton/cmd/internal/accesslog"
 	"github.com/batonproxy/baton/cmd/internal/config"
 	"github.com/batonproxy/baton/cmd/internal/control"
 )

@@ -8,10 +8,10 @@ import (
 	"sync"
 	"time"
 
-	"github.com/batonproxy/baton/accesslog"
 	"github.com/batonproxy/baton/backends"
+	"github.com/batonproxy/baton/cmd/internal/accesslog"
+	"github.com/batonproxy/baton/cmd/internal/metrics"
 	"github.com/batonproxy/baton/handoff"
-	"github.com/batonproxy/baton/metrics"
 	"github.com/batonproxy/baton/proxy"
 )
 

@@ -18,12 +18,12 @@ import (
 
 	"github.com/hashicorp/go-multierror"
 
-	"github.com/batonproxy/baton/accesslog"
 	"github.com/batonproxy/baton/backends"
+	"github.com/batonproxy/baton/cmd/internal/accesslog"
 	"github.com/batonproxy/baton/cmd/internal/config"
 	"github.com/batonproxy/baton/cmd/internal/control"
+	"github.com/batonproxy/baton/cmd/internal/metrics"
 	"github.com/batonproxy/baton/handoff"
-	"github.com/batonproxy/baton/metrics"
 	"github.com/batonproxy/baton/proxy"
 )
 

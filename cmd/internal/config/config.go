@@ -17,8 +17,8 @@ import (
 
 	"github.com/BurntSushi/toml"
 
-	"github.com/batonproxy/baton/accesslog"
 	"github.com/batonproxy/baton/backends"
+	"github.com/batonproxy/baton/cmd/internal/accesslog"
 	"github.com/batonproxy/baton/handoff"
 	"github.com/batonproxy/baton/proxy"
 )

@@ -19,8 +19,8 @@ import (
 	"time"
 
 	"github.com/batonproxy/baton/backends"
+	"github.com/batonproxy/baton/cmd/internal/metrics"
 	"github.com/batonproxy/baton/handoff"
-	"github.com/batonproxy/baton/metrics"
 	"github.com/batonproxy/baton/proxy"
 )
 
