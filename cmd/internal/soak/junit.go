@@ -117,8 +117,14 @@ func (s *junitSuite) add(tc junitCase) {
 func (r *Report) eventSuite(name, class string, judged bool) junitSuite {
 	s := junitSuite{Name: name, Timestamp: r.Start.UTC().Format(time.RFC3339), Time: r.Duration.Seconds()}
 	for i, e := range r.Events {
+		// A scenario event is named by when it was scheduled, so the name
+		// is the same in every run; the flag form's by when it began.
+		at := e.At
+		if at == 0 {
+			at = e.Start.Sub(r.Start).Seconds()
+		}
 		tc := junitCase{
-			Name:      fmt.Sprintf("%02d %s at %.1fs", i+1, e.Name(), e.Start.Sub(r.Start).Seconds()),
+			Name:      fmt.Sprintf("%02d %s at %.1fs", i+1, e.Name(), at),
 			Classname: class, Time: e.Duration().Seconds(), SystemOut: e.Detail,
 		}
 		switch {
