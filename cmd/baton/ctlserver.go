@@ -85,6 +85,7 @@ func (i *instance) status() control.Status {
 		UptimeSeconds:    time.Since(i.h.Started()).Seconds(),
 		Config:           i.cfg.Path,
 		Listeners:        i.listeners(),
+		Engine:           i.cfg.Engine,
 		ControlSocket:    i.cfg.ControlSocket,
 		Upgrading:        i.h.Upgrading(),
 		Draining:         i.h.Draining(),

@@ -38,9 +38,20 @@ type Config struct {
 	LogLevel       slog.Level
 	LogFormat      string // text or json
 	// Threads caps the OS threads running Go code (GOMAXPROCS); 0 leaves
-	// Go's default, one per CPU.
+	// Go's default, one per CPU. With the epoll engine it is also the
+	// number of event loops (0: epoll.DefaultLoops).
 	Threads int
+	// Engine is the data plane for plain HTTP/1.1 listeners: EngineEpoll
+	// or EngineStdlib (net/http).
+	Engine string
 }
+
+// Data planes (proxy.engine).
+const (
+	EngineEpoll   = "epoll"
+	EngineStdlib  = "stdlib"
+	DefaultEngine = EngineStdlib
+)
 
 // ServerLimits are the client-facing HTTP server's timeouts and limits;
 // zero means handoff's default.
@@ -76,6 +87,7 @@ type fileProxy struct {
 	IdleTimeout       string   `toml:"idle_timeout"`
 	MaxHeaderBytes    *int     `toml:"max_header_bytes"`
 	Threads           *int     `toml:"threads"`
+	Engine            string   `toml:"engine"`
 }
 
 type fileControl struct {
@@ -257,6 +269,14 @@ func build(f *file, dir string) (*Config, error) {
 			try(errAt("proxy.threads", "must not be negative, got %d (0: one per CPU)", *t))
 		}
 		c.Threads = *t
+	}
+	switch f.Proxy.Engine {
+	case "":
+		c.Engine = DefaultEngine
+	case EngineEpoll, EngineStdlib:
+		c.Engine = f.Proxy.Engine
+	default:
+		try(errAt("proxy.engine", "%q: want %q or %q", f.Proxy.Engine, EngineEpoll, EngineStdlib))
 	}
 	try(duration("control.upgrade_timeout", f.Control.UpgradeTimeout, &c.Handoff.UpgradeTimeout))
 	try(duration("control.request_timeout", f.Control.RequestTimeout, &c.ControlTimeout))

@@ -63,6 +63,7 @@ read_header_timeout = "2s"
 idle_timeout = "90s"
 max_header_bytes = 8192
 threads = 2
+engine = "epoll"
 
 [control]
 pid_file = "run/baton.pid"
@@ -157,6 +158,7 @@ func fullWant() *config.Config {
 		LogLevel:       slog.LevelDebug,
 		LogFormat:      "json",
 		Threads:        2,
+		Engine:         config.EngineEpoll,
 	}
 }
 
@@ -168,6 +170,7 @@ func minimalWant() *config.Config {
 		Backends:  []backends.Config{defaultBackend("a", "http://127.0.0.1:8081", handoff.DefaultDrainTimeout)},
 		LogLevel:  slog.LevelInfo,
 		LogFormat: "text",
+		Engine:    config.DefaultEngine,
 	}
 }
 
@@ -298,6 +301,11 @@ func TestParseInvalid(t *testing.T) {
 		want string // the error contains this
 		key  string // config.Error.Key
 	}{
+		{
+			name: "unknown engine",
+			text: "[proxy]\nlisten = [\"127.0.0.1:8080\"]\nengine = \"uring\"\n" + backendA,
+			want: `baton.toml: proxy.engine: "uring": want "epoll" or "stdlib"`, key: "proxy.engine",
+		},
 		{
 			name: "unknown key",
 			text: listen + "bogus = 1\n" + backendA,

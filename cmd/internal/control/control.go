@@ -71,6 +71,7 @@ type Status struct {
 	UptimeSeconds    float64           `json:"uptime_s"`
 	Config           string            `json:"config"`
 	Listeners        []string          `json:"listeners"`
+	Engine           string            `json:"engine"` // data plane of the HTTP/1.1 listeners: epoll or stdlib
 	ControlSocket    string            `json:"control_socket"`
 	Upgrading        bool              `json:"upgrading"`
 	Draining         bool              `json:"draining"`
