@@ -377,14 +377,29 @@ func validValue(b []byte) bool {
 	return true
 }
 
+// maxQueryParams is httputil.ReverseProxy's bound on query parameters; a
+// query with more, or with a ';', is re-encoded by it.
+const maxQueryParams = 10000
+
 // validTarget accepts an origin-form target of plain characters and
-// well-formed percent escapes.
+// well-formed percent escapes that the net/http plane passes on as it is.
 func validTarget(b []byte) bool {
 	if len(b) == 0 || b[0] != '/' {
 		return false
 	}
+	query, params := false, 1
 	for i := 0; i < len(b); i++ {
 		c := b[i]
+		switch {
+		case c == '?':
+			query = true
+		case query && c == ';':
+			return false
+		case query && c == '&':
+			if params++; params > maxQueryParams {
+				return false
+			}
+		}
 		if c == '%' {
 			if i+2 >= len(b) || !isHex(b[i+1]) || !isHex(b[i+2]) {
 				return false
