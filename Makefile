@@ -3,7 +3,8 @@
 SHELL := /bin/bash
 GO ?= go
 BIN := bin/baton
-GOFLAGS_TEST ?= -race -count=1 -timeout 12m
+GOFLAGS_TEST ?= -race -count=1 -timeout 14m
+FUZZTIME ?= 20s
 
 .PHONY: all build test vet demo bench deps deps-bench clean
 
@@ -39,6 +40,7 @@ vet:
 
 test: deps vet
 	$(GO) test $(GOFLAGS_TEST) ./...
+	$(GO) test -run '^$$' -fuzz FuzzDifferential -fuzztime $(FUZZTIME) ./proxy/epoll/
 
 # The main job: baton in front of real Apache and lighttpd, upgraded and
 # restarted under load for 30 s; prints the summary and writes

@@ -175,6 +175,7 @@ func (i *instance) start() error {
 				ReadHeaderTimeout: cfg.Server.ReadHeaderTimeout,
 				IdleTimeout:       cfg.Server.IdleTimeout,
 				MaxHeaderBytes:    cfg.Server.MaxHeaderBytes,
+				MaxConns:          cfg.Server.MaxConns,
 				ErrorLog:          errLog,
 			}
 		default:

@@ -59,6 +59,9 @@ type ServerLimits struct {
 	ReadHeaderTimeout time.Duration
 	IdleTimeout       time.Duration
 	MaxHeaderBytes    int
+	// MaxConns bounds open client connections per listener (epoll engine;
+	// accepting pauses at the bound); 0: none.
+	MaxConns int
 }
 
 // Error is a configuration error: file, key (may be empty), reason.
@@ -88,6 +91,7 @@ type fileProxy struct {
 	MaxHeaderBytes    *int     `toml:"max_header_bytes"`
 	Threads           *int     `toml:"threads"`
 	Engine            string   `toml:"engine"`
+	MaxConns          *int     `toml:"max_conns"`
 }
 
 type fileControl struct {
@@ -264,6 +268,12 @@ func build(f *file, dir string) (*Config, error) {
 	try(duration("proxy.read_header_timeout", f.Proxy.ReadHeaderTimeout, &c.Server.ReadHeaderTimeout))
 	try(duration("proxy.idle_timeout", f.Proxy.IdleTimeout, &c.Server.IdleTimeout))
 	try(positive("proxy.max_header_bytes", f.Proxy.MaxHeaderBytes, &c.Server.MaxHeaderBytes))
+	if m := f.Proxy.MaxConns; m != nil {
+		if *m < 0 {
+			try(errAt("proxy.max_conns", "must not be negative, got %d (0: no bound)", *m))
+		}
+		c.Server.MaxConns = *m
+	}
 	if t := f.Proxy.Threads; t != nil {
 		if *t < 0 {
 			try(errAt("proxy.threads", "must not be negative, got %d (0: one per CPU)", *t))
