@@ -33,6 +33,7 @@ const (
 	setupDirect    = "direct"
 	setupBaton     = "baton"
 	setupBaton1    = "baton (1 thread)"
+	setupEpoll     = "baton (epoll)"
 	setupHAProxy   = "haproxy"
 	setupNginx     = "nginx"
 	setupMinimal   = "go-minimal (reference)"
@@ -167,6 +168,7 @@ func (b *bench) startAll(ctx context.Context) error {
 	}{
 		{setupBaton, b.startBaton, nil},
 		{setupBaton1, b.startBaton1, nil},
+		{setupEpoll, b.startEpoll, nil},
 		{setupHAProxy, b.startHAProxy, nil},
 		{setupNginx, b.startNginxProxy, nil},
 		{setupMinimal, b.startMinimal(setupMinimal, "go-minimal", nil), nil},
@@ -364,6 +366,7 @@ const nginxProxyConf = nginxMain + `http {
 type serverData struct {
 	Dir, Name, Backend string
 	Port               int
+	Extra              string // more [proxy] keys
 }
 
 func (b *bench) startNginx(name, tmpl string, port int) (*proc, error) {
@@ -390,6 +393,7 @@ func (b *bench) startNginxProxy(port int) (*proc, error) {
 
 const batonConf = `[proxy]
 listen = ["127.0.0.1:{{.Port}}"]
+{{.Extra}}
 
 [control]
 pid_file = "{{.Dir}}/{{.Name}}.pid"
@@ -420,10 +424,16 @@ func (b *bench) startBaton1(port int) (*proc, error) {
 	return b.startBatonAs(setupBaton1, "baton-1t", []string{oneThreadEnv}, port)
 }
 
+// startEpoll starts a baton on the epoll engine with threads at its
+// default (loops: one per two CPUs).
+func (b *bench) startEpoll(port int) (*proc, error) {
+	return b.startBatonAs(setupEpoll, "baton-epoll", nil, port, `engine = "epoll"`)
+}
+
 // startBatonAs starts a baton whose configuration, PID file, control
-// socket and log are named after file.
-func (b *bench) startBatonAs(setupName, file string, env []string, port int) (*proc, error) {
-	d := serverData{Dir: b.dir, Name: file, Backend: b.backendAddr, Port: port}
+// socket and log are named after file; extra goes into [proxy].
+func (b *bench) startBatonAs(setupName, file string, env []string, port int, extra ...string) (*proc, error) {
+	d := serverData{Dir: b.dir, Name: file, Backend: b.backendAddr, Port: port, Extra: strings.Join(extra, "\n")}
 	conf, err := b.writeConfig(file+".toml", batonConf, d)
 	if err != nil {
 		return nil, err

@@ -86,8 +86,9 @@ func (l *loop) conn(up proxy.Upstream, pooled bool) (*bconn, error) {
 		}
 		for len(p.idle) > 0 {
 			be := p.idle[len(p.idle)-1]
+			idleAt := be.idleAt
 			be.unpool()
-			if l.now-be.idleAt >= int64(p.opts.IdleTimeout) {
+			if l.now-idleAt >= int64(p.opts.IdleTimeout) {
 				be.close()
 				continue
 			}
@@ -170,7 +171,7 @@ func (be *bconn) send() {
 	c := be.c
 	breq := c.x.breq
 	for be.wOff < len(breq) {
-		n, err := unix.Write(be.fd, breq[be.wOff:])
+		n, err := sysWrite(be.fd, breq[be.wOff:])
 		if err == unix.EINTR {
 			continue
 		}
@@ -203,9 +204,10 @@ func (be *bconn) send() {
 func (be *bconn) handle(ev uint32) {
 	switch be.state {
 	case bIdle:
-		if ev&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
-			// Closed by the server, or it sent something unasked: never
-			// used again.
+		// Closed by the server, or it sent something unasked: never used
+		// again. An edge for data read before the connection went idle
+		// can still be pending: look.
+		if ev&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 || ev&unix.EPOLLIN != 0 && !sysPeekIdle(be.fd) {
 			be.close()
 		}
 	case bConnecting:
@@ -271,7 +273,7 @@ func (be *bconn) readResp() {
 			}
 		}
 		space := len(be.buf) - be.w
-		n, err := unix.Read(be.fd, be.buf[be.w:])
+		n, err := sysRead(be.fd, be.buf[be.w:])
 		if err == unix.EINTR {
 			continue
 		}

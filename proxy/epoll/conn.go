@@ -201,7 +201,7 @@ func (c *conn) read() (int, error) {
 		}
 	}
 	space := len(c.in) - c.inW
-	n, err := unix.Read(c.fd, c.in[c.inW:])
+	n, err := sysRead(c.fd, c.in[c.inW:])
 	switch {
 	case err == unix.EINTR:
 		return c.read()
@@ -470,7 +470,7 @@ func (c *conn) endExchange() {
 // flush writes what is pending; false if c was closed.
 func (c *conn) flush() bool {
 	for c.outR < len(c.out) {
-		n, err := unix.Write(c.fd, c.out[c.outR:])
+		n, err := sysWrite(c.fd, c.out[c.outR:])
 		if err == unix.EINTR {
 			continue
 		}
@@ -496,9 +496,9 @@ func (c *conn) send(p []byte) bool {
 	var err error
 	for {
 		if len(pending) == 0 {
-			n, err = unix.Write(c.fd, p)
+			n, err = sysWrite(c.fd, p)
 		} else {
-			n, err = unix.Writev(c.fd, [][]byte{pending, p})
+			n, err = sysWritev(c.fd, pending, p)
 		}
 		if err != unix.EINTR {
 			break
@@ -580,7 +580,7 @@ func (c *conn) startLinger() {
 func (c *conn) linger() {
 	var buf [512]byte
 	for i := 0; i < 64; i++ {
-		n, err := unix.Read(c.fd, buf[:])
+		n, err := sysRead(c.fd, buf[:])
 		if err == unix.EINTR {
 			continue
 		}

@@ -222,12 +222,18 @@ func (l *loop) run() {
 	defer runtime.UnlockOSThread()
 	var events [maxWait]unix.EpollEvent
 	for {
-		n, err := unix.EpollWait(l.epfd, events[:], l.waitMillis())
-		l.clock()
-		if err != nil && err != unix.EINTR {
-			// Cannot happen with valid arguments; do not spin.
-			time.Sleep(time.Millisecond)
+		// Busy, the next events are usually there already: take them
+		// without the scheduler's system-call bookkeeping; else wait.
+		n := sysEpollPoll(l.epfd, events[:])
+		if n == 0 {
+			var err error
+			n, err = unix.EpollWait(l.epfd, events[:], l.waitMillis())
+			if err != nil && err != unix.EINTR {
+				// Cannot happen with valid arguments; do not spin.
+				time.Sleep(time.Millisecond)
+			}
 		}
+		l.clock()
 		for i := 0; i < n; i++ {
 			ev := &events[i]
 			fd := int(ev.Fd)
