@@ -304,3 +304,29 @@ func waitUntil(t testing.TB, d time.Duration, what string, cond func() bool) {
 }
 
 var _ = errors.New
+
+// TestReusesBackendConnections: sequential requests on one client
+// connection travel on one pooled backend connection.
+func TestReusesBackendConnections(t *testing.T) {
+	var conns atomic.Int64
+	srv := httptest.NewUnstartedServer(testBackend())
+	srv.Config.ConnState = func(c net.Conn, s http.ConnState) {
+		if s == http.StateNew {
+			conns.Add(1)
+		}
+	}
+	srv.Start()
+	t.Cleanup(srv.Close)
+	up := &upstream{name: "b1", addr: srv.Listener.Addr().String(), tr: &http.Transport{}}
+	addr := plane(t, "epoll", newPool(true, up), proxy.Config{})
+	rc := dial(t, addr)
+	for i := 0; i < 20; i++ {
+		rc.send(t, "GET /x HTTP/1.1\r\nHost: x\r\n\r\n")
+		if resp, _ := rc.read(t, "GET"); resp.StatusCode != 200 {
+			t.Fatalf("request %d: %d", i, resp.StatusCode)
+		}
+	}
+	if n := conns.Load(); n != 1 {
+		t.Errorf("backend connections for 20 sequential requests: %d, want 1", n)
+	}
+}
