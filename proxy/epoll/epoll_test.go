@@ -3,7 +3,6 @@ package epoll_test
 import (
 	"bufio"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -302,8 +301,6 @@ func waitUntil(t testing.TB, d time.Duration, what string, cond func() bool) {
 		time.Sleep(2 * time.Millisecond)
 	}
 }
-
-var _ = errors.New
 
 // TestReusesBackendConnections: sequential requests on one client
 // connection travel on one pooled backend connection.

@@ -2,7 +2,6 @@ package epoll_test
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -251,7 +250,5 @@ func equal(a, b []string) bool {
 	}
 	return true
 }
-
-var _ = bytes.Equal
 
 func newQuietLog() *log.Logger { return log.New(io.Discard, "", 0) }
