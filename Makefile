@@ -3,7 +3,8 @@
 SHELL := /bin/bash
 GO ?= go
 BIN := bin/baton
-GOFLAGS_TEST ?= -race -count=1 -timeout 12m
+GOFLAGS_TEST ?= -race -count=1 -timeout 14m
+FUZZTIME ?= 20s
 
 # Version and commit, set in the binary (baton version) and the package.
 # Without a v* tag: 0.0.<commits>+g<hash>, which sorts by history.
@@ -55,6 +56,7 @@ vet:
 
 test: deps-test vet
 	$(GO) test $(GOFLAGS_TEST) ./...
+	$(GO) test -run '^$$' -fuzz FuzzDifferential -fuzztime $(FUZZTIME) ./proxy/epoll/
 
 # The main job: the same 30 s of load and the same events (upgrades,
 # restarts, a config deploy) first straight to a real Apache and a real

@@ -211,3 +211,19 @@ func isDialError(err error) bool {
 	var op *net.OpError
 	return errors.As(err, &op) && op.Op == "dial"
 }
+
+var _ proxy.ConnUpstream = (*Backend)(nil)
+
+// Options are the backend's connection settings, for a data plane that
+// makes its own connections.
+func (b *Backend) Options() proxy.UpstreamOptions {
+	return proxy.UpstreamOptions{
+		MaxIdle: b.cfg.MaxIdleConns, IdleTimeout: b.cfg.IdleConnTimeout, DialTimeout: b.cfg.DialTimeout,
+		ResponseHeaderTimeout: b.cfg.ResponseHeaderTimeout, ReadTimeout: b.cfg.ReadTimeout,
+		MaxResponseHeaderBytes: b.cfg.MaxResponseHeaderBytes,
+	}
+}
+
+// Epoch moves when a restart of the backend begins (dropIdleEverywhere):
+// pooled connections made before must be closed.
+func (b *Backend) Epoch() uint64 { return atomic.LoadUint64(&b.slot.epoch) }

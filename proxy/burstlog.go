@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"log/slog"
-	"net/http"
 	"sync"
 	"time"
 )
@@ -27,7 +26,7 @@ func newBurstLog(log *slog.Logger, interval time.Duration) *burstLog {
 	return &burstLog{log: log, interval: interval, bursts: map[string]*burst{}}
 }
 
-func (l *burstLog) note(key string, code int, r *http.Request, msg string) {
+func (l *burstLog) note(key string, code int, method, uri string, msg string) {
 	now := time.Now()
 	l.mu.Lock()
 	b := l.bursts[key]
@@ -51,7 +50,7 @@ func (l *burstLog) note(key string, code int, r *http.Request, msg string) {
 		}
 	}
 	l.mu.Unlock()
-	args := []any{"status", code, "method", r.Method, "uri", r.RequestURI, "err", msg}
+	args := []any{"status", code, "method", method, "uri", uri, "err", msg}
 	if suppressed > 0 {
 		args = append(args, "similar_since_last_log", suppressed)
 	}

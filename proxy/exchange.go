@@ -102,13 +102,18 @@ type Failure struct {
 // client gets. ctx is the request's context; maxHeld is the Handler's
 // MaxHeld (for the message).
 func ClassifyError(ctx context.Context, err error, maxHeld int) Failure {
+	return classify(ctx.Err() != nil, err, maxHeld)
+}
+
+// classify is ClassifyError; aborted says the client went away.
+func classify(aborted bool, err error, maxHeld int) Failure {
 	var (
 		he *holdError
 		ue *upstreamError
 	)
 	f := Failure{Status: http.StatusBadGateway, Message: err.Error(), Term: TermBackendError, key: "error"}
 	switch {
-	case ctx.Err() != nil:
+	case aborted:
 		f.Term = TermClientAborted
 	case errors.As(err, new(*clientError)):
 		f.Status, f.Term, f.key, f.Close = http.StatusBadRequest, TermClientError, "client", true

@@ -170,22 +170,9 @@ func (rt roundTripper) RoundTrip(req *http.Request) (*http.Response, error) {
 	return rt.h.roundTrip(req)
 }
 
-// replayable reports whether a request may be sent again after a failure
-// that could have happened after the server read it: GET, HEAD, OPTIONS
-// and TRACE without a body, or any request with an idempotency key, the
-// rule of Go's own http.Transport. PUT and DELETE are idempotent by RFC
-// 9110 but are not replayed: legacy applications often break that rule.
+// replayable is Replayable for a request the net/http plane received.
 func replayable(req *http.Request) bool {
-	if req.Body != nil && req.Body != http.NoBody {
-		return false
-	}
-	switch req.Method {
-	case http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodTrace:
-		return true
-	}
-	_, k1 := req.Header["Idempotency-Key"]
-	_, k2 := req.Header["X-Idempotency-Key"]
-	return k1 || k2
+	return Replayable(req.Method, req.Body != nil && req.Body != http.NoBody, req.Header)
 }
 
 // roundTrip picks an upstream, holds while none is ready, and retries on
@@ -258,21 +245,11 @@ func (h *Handler) roundTrip(req *http.Request) (*http.Response, error) {
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
-		dial := isDialError(err)
-		if !dial && !replay {
-			return nil, &upstreamError{up: up.Name(), err: err, notRetried: req.Method}
-		}
-		if !dial && (isTimeout(err) || errors.Is(err, errResponseStarted) || body != nil && body.read.Load() > 0) {
-			// The backend answered, however badly, or took too long: it
-			// did receive the request, and asking again asks for the same.
-			return nil, &upstreamError{up: up.Name(), err: err}
-		}
-		if attempt >= h.cfg.MaxAttempts {
-			return nil, &upstreamError{up: up.Name(), err: err, attempts: attempt}
+		if err := h.RetryAfter(err, req.Method, replay, body != nil && body.read.Load() > 0, up.Name(), attempt); err != nil {
+			return nil, err
 		}
 		attempt++
-		h.retries.Add(1)
-		if dial && rw != nil {
+		if rw != nil && isDialError(err) {
 			rw.ex.DialRetries++
 		}
 		lastErr, lastUp, avoid = err, up.Name(), up
@@ -285,23 +262,19 @@ func (h *Handler) hold(ctx context.Context, deadline time.Time) error {
 	if time.Now().After(deadline) {
 		return errHoldTimeout
 	}
-	n := h.held.Add(1)
-	if n > int64(h.cfg.MaxHeld) {
-		h.held.Add(-1)
-		return errTooManyHeld
+	start, err := h.BeginHold()
+	if err != nil {
+		return err
 	}
-	start := time.Now()
-	h.episodeBegin(start)
 	wctx, cancel := context.WithDeadline(ctx, deadline)
-	err := h.pool.Wait(wctx)
+	err = h.pool.Wait(wctx)
 	cancel()
-	d := time.Since(start)
-	h.episodeEnd(d, h.held.Add(-1) == 0)
+	timedOut := err != nil && ctx.Err() == nil
+	h.EndHold(start, timedOut)
 	if err != nil {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		h.holdTimeouts.Add(1)
 		return errHoldTimeout
 	}
 	return nil
@@ -424,7 +397,7 @@ func (h *Handler) serveError(w http.ResponseWriter, r *http.Request, err error) 
 	if f.Term == TermClientAborted {
 		return 0 // the client went away; there is nobody to answer
 	}
-	h.errs.note(f.key, f.Status, r, f.Message)
+	h.errs.note(f.key, f.Status, r.Method, r.RequestURI, f.Message)
 	if f.RetryAfter {
 		w.Header().Set("Retry-After", "1")
 	}
@@ -434,7 +407,7 @@ func (h *Handler) serveError(w http.ResponseWriter, r *http.Request, err error) 
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	w.Header().Set("X-Content-Type-Options", "nosniff")
 	w.WriteHeader(f.Status)
-	fmt.Fprintf(w, "%d %s: %s\n", f.Status, http.StatusText(f.Status), f.Message)
+	io.WriteString(w, f.Body())
 	return f.Status
 }
 

@@ -54,7 +54,9 @@ func (rc *rawClient) do(t *testing.T, raw string) (int, string, http.Header) {
 // answers garbage, stalls, lies about lengths, sends huge headers. Each
 // client must get its own answer or a clear error, baton must say whose
 // fault it was, and it must go on serving.
-func TestMisbehavingBackend(t *testing.T) {
+func TestMisbehavingBackend(t *testing.T) { forEngines(t, testMisbehavingBackend) }
+
+func testMisbehavingBackend(t *testing.T) {
 	m, err := backendtest.StartMisbehaving()
 	if err != nil {
 		t.Fatal(err)

@@ -97,6 +97,7 @@ func (i *instance) status() control.Status {
 		Config:           i.cfg.Path,
 		Listeners:        i.listeners(),
 		Admin:            i.adminAddr(),
+		Engine:           i.cfg.Engine,
 		ControlSocket:    i.cfg.ControlSocket,
 		Upgrading:        i.h.Upgrading(),
 		Draining:         i.h.Draining(),

@@ -71,6 +71,29 @@ type batonProc struct {
 	exitErr error
 }
 
+// testEngine is the data plane the batons of a test run (proxy.engine);
+// "" leaves the default. BATON_TEST_ENGINE sets it for the whole run;
+// forEngines for one test.
+var testEngine = os.Getenv("BATON_TEST_ENGINE")
+
+// forEngines runs f once per data plane as subtests (only the one
+// BATON_TEST_ENGINE names, if set).
+func forEngines(t *testing.T, f func(t *testing.T)) {
+	t.Helper()
+	engines := []string{"stdlib", "epoll"}
+	if e := os.Getenv("BATON_TEST_ENGINE"); e != "" {
+		engines = []string{e}
+	}
+	for _, e := range engines {
+		t.Run(e, func(t *testing.T) {
+			old := testEngine
+			testEngine = e
+			defer func() { testEngine = old }()
+			f(t)
+		})
+	}
+}
+
 // backendTOML is a [[backend]] section.
 func backendTOML(name, url string, extra ...string) string {
 	s := fmt.Sprintf("[[backend]]\nname = %q\nurl = %q\nhealth_interval = \"200ms\"\n", name, url)
@@ -83,6 +106,9 @@ func backendTOML(name, url string, extra ...string) string {
 // batonConfig is a whole configuration: listen on a free loopback port,
 // pid file and control socket in dir, then the given sections.
 func batonConfig(dir, proxyExtra string, backends ...string) string {
+	if testEngine != "" {
+		proxyExtra = fmt.Sprintf("engine = %q\n", testEngine) + proxyExtra
+	}
 	return fmt.Sprintf(`[proxy]
 listen = ["127.0.0.1:0"]
 drain_timeout = "10s"
@@ -159,6 +185,9 @@ func (b *batonProc) start() {
 		st, err := b.tryStatus()
 		return err == nil && st.PID == b.cmd.Process.Pid
 	})
+	if st := b.status(); testEngine != "" && st.Engine != testEngine {
+		t.Fatalf("status engine: got %q, want %q", st.Engine, testEngine)
+	}
 }
 
 // processes lists every baton process running this test's configuration.

@@ -62,7 +62,9 @@ func evidence(t testing.TB, s *backendtest.Server, method string) int {
 // and POST load, with a slow request in flight at the first restart.
 // Nothing may fail, nothing may be processed twice, the slow request
 // arrives whole, and the server's PID or generation proves each restart.
-func TestRestartUnderLoad(t *testing.T) {
+func TestRestartUnderLoad(t *testing.T) { forEngines(t, testRestartUnderLoad) }
+
+func testRestartUnderLoad(t *testing.T) {
 	for _, tc := range []struct{ kind, method string }{
 		{backendtest.Apache, "graceful"},
 		{backendtest.Lighttpd, "graceful"},
@@ -134,7 +136,9 @@ func TestRestartUnderLoad(t *testing.T) {
 
 // TestRestartAllPool: `restart --all` and SIGUSR1 on a pool of Apache and
 // lighttpd under load: zero failures and never both out of rotation.
-func TestRestartAllPool(t *testing.T) {
+func TestRestartAllPool(t *testing.T) { forEngines(t, testRestartAllPool) }
+
+func testRestartAllPool(t *testing.T) {
 	ap := backendtest.StartT(t, backendtest.Apache, backendtest.Options{})
 	lt := backendtest.StartT(t, backendtest.Lighttpd, backendtest.Options{})
 	b := startBaton(t, func(dir string) string {
@@ -458,7 +462,9 @@ func TestApachePostNoRestart(t *testing.T) {
 // baton runs) and comes back a moment later, as systemd would bring it
 // back. The connection failures mark it down, and requests are held, not
 // failed, until a health check sees it again.
-func TestOnlyBackendCrashes(t *testing.T) {
+func TestOnlyBackendCrashes(t *testing.T) { forEngines(t, testOnlyBackendCrashes) }
+
+func testOnlyBackendCrashes(t *testing.T) {
 	lt := backendtest.StartT(t, backendtest.Lighttpd, backendtest.Options{})
 	b := startBaton(t, func(d string) string { return batonConfig(d, "", backendTOML("web1", lt.URL)) })
 	l := startLoad(t, b.addr(), loadSpec{GoGET: 4, Raw: 4})

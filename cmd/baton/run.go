@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"os/signal"
 	"runtime"
@@ -25,6 +26,7 @@ import (
 	"github.com/batonproxy/baton/cmd/internal/metrics"
 	"github.com/batonproxy/baton/handoff"
 	"github.com/batonproxy/baton/proxy"
+	"github.com/batonproxy/baton/proxy/epoll"
 )
 
 // stateFile is the name under which the backend state table is passed to
@@ -43,6 +45,14 @@ func newLogger(w io.Writer, level slog.Level, format string, events *eventRing) 
 	return slog.New(h).With("pid", os.Getpid())
 }
 
+// server is one listener's data plane: a handoff.Server (net/http) or an
+// epoll.Server.
+type server interface {
+	handoff.Drainer
+	Serve(net.Listener) error
+	Connections() int
+}
+
 // instance is one running baton process: everything cmdRun wires together.
 type instance struct {
 	cfg     *config.Config
@@ -51,7 +61,7 @@ type instance struct {
 	table   *backends.StateTable
 	set     *backends.Set
 	px      *proxy.Handler
-	servers []*handoff.Server
+	servers []server
 	ctl     *control.Server
 	addrs   []string // actual listen addresses
 
@@ -203,6 +213,7 @@ func (i *instance) start() error {
 		if err != nil {
 			return &config.Error{File: cfg.Path, Key: fmt.Sprintf("proxy.listen[%d]", n), Err: err}
 		}
+<<<<<<< HEAD
 		srv := &handoff.Server{
 			Handler:           i.px,
 			ReadHeaderTimeout: cfg.Server.ReadHeaderTimeout,
@@ -210,6 +221,28 @@ func (i *instance) start() error {
 			MaxHeaderBytes:    cfg.Server.MaxHeaderBytes,
 			ErrorLog:          errLog,
 			Logger:            i.log,
+=======
+		var srv server
+		switch cfg.Engine {
+		case config.EngineEpoll:
+			srv = &epoll.Server{
+				Handler:           i.px,
+				Loops:             cfg.Threads,
+				ReadHeaderTimeout: cfg.Server.ReadHeaderTimeout,
+				IdleTimeout:       cfg.Server.IdleTimeout,
+				MaxHeaderBytes:    cfg.Server.MaxHeaderBytes,
+				MaxConns:          cfg.Server.MaxConns,
+				ErrorLog:          errLog,
+			}
+		default:
+			srv = &handoff.Server{
+				Handler:           i.px,
+				ReadHeaderTimeout: cfg.Server.ReadHeaderTimeout,
+				IdleTimeout:       cfg.Server.IdleTimeout,
+				MaxHeaderBytes:    cfg.Server.MaxHeaderBytes,
+				ErrorLog:          errLog,
+			}
+>>>>>>> epoll
 		}
 		i.servers = append(i.servers, srv)
 		i.addrs = append(i.addrs, ln.Addr().String())

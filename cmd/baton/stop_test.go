@@ -19,7 +19,9 @@ import (
 // TestStop: SIGTERM, SIGINT and `ctl stop` drain: an in-flight slow request
 // completes with its full body, then baton exits 0 and removes its PID
 // file and control socket.
-func TestStop(t *testing.T) {
+func TestStop(t *testing.T) { forEngines(t, testStop) }
+
+func testStop(t *testing.T) {
 	lt := backendtest.StartT(t, backendtest.Lighttpd, backendtest.Options{})
 	for _, tc := range []struct {
 		name string
@@ -198,7 +200,9 @@ func TestControlBadInput(t *testing.T) {
 
 // TestMalformedHTTP: garbage gets 400, oversized headers 431, and both
 // leave baton serving.
-func TestMalformedHTTP(t *testing.T) {
+func TestMalformedHTTP(t *testing.T) { forEngines(t, testMalformedHTTP) }
+
+func testMalformedHTTP(t *testing.T) {
 	lt := backendtest.StartT(t, backendtest.Lighttpd, backendtest.Options{})
 	b := startBaton(t, func(dir string) string { return batonConfig(dir, "", backendTOML("web1", lt.URL)) })
 	addr := b.addr()

@@ -34,7 +34,9 @@ func waitInFlight(t testing.TB, b *batonProc, n int64) {
 // binary that never gets ready). Nothing may fail, the slow requests must
 // arrive whole, and the PID file must change exactly when an upgrade
 // succeeds.
-func TestUpgradeUnderLoad(t *testing.T) {
+func TestUpgradeUnderLoad(t *testing.T) { forEngines(t, testUpgradeUnderLoad) }
+
+func testUpgradeUnderLoad(t *testing.T) {
 	lt := backendtest.StartT(t, backendtest.Lighttpd, backendtest.Options{})
 	// Its own copy of the binary, which this test replaces with broken ones.
 	bin := filepath.Join(t.TempDir(), "baton")

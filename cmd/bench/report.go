@@ -219,6 +219,7 @@ func renderCell(w *strings.Builder, m *matrix, c cell) {
 	}
 	var ratios []string
 	for _, r := range [][2]string{
+		{setupEpoll, setupHAProxy}, {setupEpoll, setupNginx}, {setupEpoll, setupBaton1},
 		{setupBaton, setupHAProxy}, {setupBaton, setupNginx}, {setupBaton, setupDirect},
 		{setupBaton1, setupHAProxy}, {setupBaton1, setupNginx},
 		{setupBaton, setupMinimal}, {setupBaton1, setupMinimal1},

@@ -33,7 +33,11 @@ const (
 	setupDirect    = "direct"
 	setupBaton     = "baton"
 	setupBaton1    = "baton (1 thread)"
+<<<<<<< HEAD
 	setupBatonObs  = "baton + access log + metrics"
+=======
+	setupEpoll     = "baton (epoll)"
+>>>>>>> epoll
 	setupHAProxy   = "haproxy"
 	setupNginx     = "nginx"
 	setupMinimal   = "go-minimal (reference)"
@@ -168,7 +172,11 @@ func (b *bench) startAll(ctx context.Context) error {
 	}{
 		{setupBaton, b.startBaton, nil},
 		{setupBaton1, b.startBaton1, nil},
+<<<<<<< HEAD
 		{setupBatonObs, b.startBatonObs, &cpuCell},
+=======
+		{setupEpoll, b.startEpoll, nil},
+>>>>>>> epoll
 		{setupHAProxy, b.startHAProxy, nil},
 		{setupNginx, b.startNginxProxy, nil},
 		{setupMinimal, b.startMinimal(setupMinimal, "go-minimal", nil), nil},
@@ -366,7 +374,11 @@ const nginxProxyConf = nginxMain + `http {
 type serverData struct {
 	Dir, Name, Backend string
 	Port               int
+<<<<<<< HEAD
 	Extra              string // appended to the configuration
+=======
+	Extra              string // more [proxy] keys
+>>>>>>> epoll
 }
 
 func (b *bench) startNginx(name, tmpl string, port int) (*proc, error) {
@@ -393,6 +405,7 @@ func (b *bench) startNginxProxy(port int) (*proc, error) {
 
 const batonConf = `[proxy]
 listen = ["127.0.0.1:{{.Port}}"]
+{{.Extra}}
 
 [control]
 pid_file = "{{.Dir}}/{{.Name}}.pid"
@@ -432,6 +445,7 @@ func (b *bench) startBaton1(port int) (*proc, error) {
 	return b.startBatonAs(setupBaton1, "baton-1t", []string{oneThreadEnv}, port)
 }
 
+<<<<<<< HEAD
 // startBatonObs starts a baton like the measured one, with its access log
 // and metrics on: the row that shows what observing every request costs.
 func (b *bench) startBatonObs(port int) (*proc, error) {
@@ -446,6 +460,18 @@ func (b *bench) startBatonAs(setupName, file string, env []string, port int, ext
 	if len(extra) == 0 {
 		d.Extra = "\n[log]\nlevel = \"warn\"\n"
 	}
+=======
+// startEpoll starts a baton on the epoll engine with threads at its
+// default (loops: one per two CPUs).
+func (b *bench) startEpoll(port int) (*proc, error) {
+	return b.startBatonAs(setupEpoll, "baton-epoll", nil, port, `engine = "epoll"`)
+}
+
+// startBatonAs starts a baton whose configuration, PID file, control
+// socket and log are named after file; extra goes into [proxy].
+func (b *bench) startBatonAs(setupName, file string, env []string, port int, extra ...string) (*proc, error) {
+	d := serverData{Dir: b.dir, Name: file, Backend: b.backendAddr, Port: port, Extra: strings.Join(extra, "\n")}
+>>>>>>> epoll
 	conf, err := b.writeConfig(file+".toml", batonConf, d)
 	if err != nil {
 		return nil, err

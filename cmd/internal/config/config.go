@@ -39,13 +39,17 @@ type Config struct {
 	LogLevel       slog.Level
 	LogFormat      string // text or json
 	// Threads caps the OS threads running Go code (GOMAXPROCS); 0 leaves
-	// Go's default, one per CPU.
+	// Go's default, one per CPU. With the epoll engine it is also the
+	// number of event loops (0: epoll.DefaultLoops).
 	Threads int
 	// AccessLog is the access log's path, "-" for standard output, "" for
 	// none; AccessFormat its format.
 	AccessLog    string
 	AccessFormat accesslog.Format
 	Admin        Admin
+	// Engine is the data plane for plain HTTP/1.1 listeners: EngineEpoll
+	// or EngineStdlib (net/http).
+	Engine string
 }
 
 // Admin is the admin HTTP listener (/metrics, /healthz, /readyz, the
@@ -59,12 +63,22 @@ type Admin struct {
 	StopDelay time.Duration
 }
 
+// Data planes (proxy.engine).
+const (
+	EngineEpoll   = "epoll"
+	EngineStdlib  = "stdlib"
+	DefaultEngine = EngineStdlib
+)
+
 // ServerLimits are the client-facing HTTP server's timeouts and limits;
 // zero means handoff's default.
 type ServerLimits struct {
 	ReadHeaderTimeout time.Duration
 	IdleTimeout       time.Duration
 	MaxHeaderBytes    int
+	// MaxConns bounds open client connections per listener (epoll engine;
+	// accepting pauses at the bound); 0: none.
+	MaxConns int
 }
 
 // Error is a configuration error: file, key (may be empty), reason.
@@ -93,6 +107,8 @@ type fileProxy struct {
 	IdleTimeout       string   `toml:"idle_timeout"`
 	MaxHeaderBytes    *int     `toml:"max_header_bytes"`
 	Threads           *int     `toml:"threads"`
+	Engine            string   `toml:"engine"`
+	MaxConns          *int     `toml:"max_conns"`
 }
 
 type fileControl struct {
@@ -273,11 +289,25 @@ func build(f *file, dir string) (*Config, error) {
 	try(duration("proxy.read_header_timeout", f.Proxy.ReadHeaderTimeout, &c.Server.ReadHeaderTimeout))
 	try(duration("proxy.idle_timeout", f.Proxy.IdleTimeout, &c.Server.IdleTimeout))
 	try(positive("proxy.max_header_bytes", f.Proxy.MaxHeaderBytes, &c.Server.MaxHeaderBytes))
+	if m := f.Proxy.MaxConns; m != nil {
+		if *m < 0 {
+			try(errAt("proxy.max_conns", "must not be negative, got %d (0: no bound)", *m))
+		}
+		c.Server.MaxConns = *m
+	}
 	if t := f.Proxy.Threads; t != nil {
 		if *t < 0 {
 			try(errAt("proxy.threads", "must not be negative, got %d (0: one per CPU)", *t))
 		}
 		c.Threads = *t
+	}
+	switch f.Proxy.Engine {
+	case "":
+		c.Engine = DefaultEngine
+	case EngineEpoll, EngineStdlib:
+		c.Engine = f.Proxy.Engine
+	default:
+		try(errAt("proxy.engine", "%q: want %q or %q", f.Proxy.Engine, EngineEpoll, EngineStdlib))
 	}
 	try(duration("control.upgrade_timeout", f.Control.UpgradeTimeout, &c.Handoff.UpgradeTimeout))
 	try(duration("control.request_timeout", f.Control.RequestTimeout, &c.ControlTimeout))

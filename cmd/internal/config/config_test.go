@@ -64,6 +64,7 @@ read_header_timeout = "2s"
 idle_timeout = "90s"
 max_header_bytes = 8192
 threads = 2
+engine = "epoll"
 
 [control]
 pid_file = "run/baton.pid"
@@ -160,6 +161,7 @@ func fullWant() *config.Config {
 		LogLevel:       slog.LevelDebug,
 		LogFormat:      "json",
 		Threads:        2,
+		Engine:         config.EngineEpoll,
 	}
 }
 
@@ -171,6 +173,7 @@ func minimalWant() *config.Config {
 		Backends:  []backends.Config{defaultBackend("a", "http://127.0.0.1:8081", handoff.DefaultDrainTimeout)},
 		LogLevel:  slog.LevelInfo,
 		LogFormat: "text",
+		Engine:    config.DefaultEngine,
 	}
 }
 
@@ -301,6 +304,11 @@ func TestParseInvalid(t *testing.T) {
 		want string // the error contains this
 		key  string // config.Error.Key
 	}{
+		{
+			name: "unknown engine",
+			text: "[proxy]\nlisten = [\"127.0.0.1:8080\"]\nengine = \"uring\"\n" + backendA,
+			want: `baton.toml: proxy.engine: "uring": want "epoll" or "stdlib"`, key: "proxy.engine",
+		},
 		{
 			name: "unknown key",
 			text: listen + "bogus = 1\n" + backendA,

@@ -1,0 +1,263 @@
+package epoll
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log"
+	"net"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/batonproxy/baton/proxy"
+)
+
+// Defaults applied by Server to zero fields; the same as the net/http
+// plane's (handoff.Server).
+const (
+	DefaultReadHeaderTimeout = 10 * time.Second
+	DefaultIdleTimeout       = 60 * time.Second
+	DefaultMaxHeaderBytes    = 64 << 10
+)
+
+// DefaultLoops is the number of loops for Loops = 0: one per two CPUs,
+// at least one. On a small machine shared with the backends one loop
+// serves more than two (measured on 2 cores).
+func DefaultLoops() int {
+	return max(1, runtime.NumCPU()/2)
+}
+
+// Server serves HTTP/1.1 on one listener with event loops, through a
+// proxy.Handler's rules. It drains as handoff.Server does: while draining,
+// each connection's next response says "Connection: close", idle
+// keep-alive connections are closed at the drain deadline (at once after
+// CloseIdle), and what is left then is closed. Set the exported fields
+// before Serve; it is then safe for concurrent use.
+type Server struct {
+	Handler           *proxy.Handler
+	Loops             int           // event loops; default DefaultLoops()
+	ReadHeaderTimeout time.Duration // default DefaultReadHeaderTimeout
+	IdleTimeout       time.Duration // default DefaultIdleTimeout
+	MaxHeaderBytes    int           // default DefaultMaxHeaderBytes; larger headers get 431
+	// MaxConns bounds open client connections; at the bound, accepting
+	// pauses until one closes. 0: no bound but the file descriptor limit
+	// (on EMFILE accepting pauses too).
+	MaxConns int
+	// ErrorLog receives net/http's own errors for handed-over
+	// connections; nil: the standard logger.
+	ErrorLog *log.Logger
+
+	draining  atomic.Bool
+	closeIdle atomic.Bool
+	conns     atomic.Int64 // in loops, handed over, or waiting to be
+	zeroC     chan struct{}
+
+	mu      sync.Mutex
+	ln      net.Listener
+	loops   []*loop
+	fb      *fallback
+	started bool
+	stopped bool
+	doneC   chan struct{} // closed when the loops and the fallback have stopped
+}
+
+// Serve runs the loops on ln until the Server has drained; it returns nil
+// then, or an error if the loops could not start.
+func (s *Server) Serve(ln net.Listener) error {
+	s.mu.Lock()
+	if s.started {
+		s.mu.Unlock()
+		return errors.New("epoll: Server.Serve called twice")
+	}
+	s.started = true
+	s.ln = ln
+	s.zeroC = make(chan struct{}, 1)
+	s.doneC = make(chan struct{})
+	if s.ReadHeaderTimeout == 0 {
+		s.ReadHeaderTimeout = DefaultReadHeaderTimeout
+	}
+	if s.IdleTimeout == 0 {
+		s.IdleTimeout = DefaultIdleTimeout
+	}
+	if s.MaxHeaderBytes == 0 {
+		s.MaxHeaderBytes = DefaultMaxHeaderBytes
+	}
+	n := s.Loops
+	if n <= 0 {
+		n = DefaultLoops()
+	}
+	s.fb = newFallback(s)
+	var err error
+	for i := 0; i < n && err == nil; i++ {
+		var l *loop
+		l, err = newLoop(s, ln, n > 1)
+		if err == nil {
+			s.loops = append(s.loops, l)
+		}
+	}
+	if err != nil {
+		for _, l := range s.loops {
+			l.closeFds()
+		}
+		s.loops = nil
+		close(s.doneC)
+		s.mu.Unlock()
+		return err
+	}
+	loops := s.loops
+	stopped := s.stopped
+	s.mu.Unlock()
+
+	var wg sync.WaitGroup
+	for _, l := range loops {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			l.run()
+		}()
+	}
+	if stopped {
+		s.StopAccepting()
+	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		s.fb.serve()
+	}()
+	wg.Wait()
+	close(s.doneC)
+	return nil
+}
+
+// dupListener returns a copy of ln's socket for one loop, through
+// SyscallConn (os.File.Fd would make the socket blocking).
+func dupListener(ln net.Listener) (int, error) {
+	sc, ok := ln.(syscall.Conn)
+	if !ok {
+		return -1, fmt.Errorf("epoll: listener %T has no file descriptor", ln)
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return -1, fmt.Errorf("epoll: listener: %w", err)
+	}
+	fd := -1
+	var derr error
+	if err := rc.Control(func(s uintptr) {
+		fd, derr = unix.FcntlInt(s, unix.F_DUPFD_CLOEXEC, 0)
+	}); err != nil {
+		return -1, fmt.Errorf("epoll: listener: %w", err)
+	}
+	if derr != nil {
+		return -1, fmt.Errorf("epoll: dup listener: %w", derr)
+	}
+	return fd, nil
+}
+
+// Connections reports how many client connections are open.
+func (s *Server) Connections() int { return int(s.conns.Load()) }
+
+// Addr is the listener's address, or nil before Serve.
+func (s *Server) Addr() net.Addr {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ln == nil {
+		return nil
+	}
+	return s.ln.Addr()
+}
+
+// StopAccepting stops the loops accepting (the socket stays open in any
+// other process that holds it) and starts draining.
+func (s *Server) StopAccepting() {
+	s.draining.Store(true)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.stopped = true
+	if s.ln != nil {
+		_ = s.ln.Close()
+	}
+	for _, l := range s.loops {
+		l.post(cmdStopAccepting)
+	}
+	s.noteZero()
+}
+
+// CloseIdle closes the keep-alive connections that are idle now, and makes
+// every later response close its connection: for a final stop, where no
+// successor will serve the clients.
+func (s *Server) CloseIdle() {
+	s.closeIdle.Store(true)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, l := range s.loops {
+		l.post(cmdCloseIdle)
+	}
+	if s.fb != nil {
+		s.fb.closeIdle()
+	}
+}
+
+// Drain waits until every connection has closed. When ctx ends first it
+// closes what is left and says how many. The loops stop either way.
+func (s *Server) Drain(ctx context.Context) error {
+	s.StopAccepting()
+	s.mu.Lock()
+	started := s.started && s.loops != nil
+	s.mu.Unlock()
+	if !started {
+		return nil
+	}
+	var n int64
+	for s.conns.Load() > 0 {
+		select {
+		case <-s.zeroC:
+			continue
+		case <-ctx.Done():
+		}
+		n = s.conns.Load()
+		break
+	}
+	s.mu.Lock()
+	for _, l := range s.loops {
+		l.post(cmdExit)
+	}
+	s.mu.Unlock()
+	s.fb.close()
+	<-s.doneC
+	if n <= 0 {
+		return nil
+	}
+	return &DeadlineError{Addr: s.ln.Addr().String(), Closed: int(n)}
+}
+
+// DeadlineError reports connections closed at the drain deadline.
+type DeadlineError struct {
+	Addr   string
+	Closed int
+}
+
+func (e *DeadlineError) Error() string {
+	return fmt.Sprintf("epoll: %s: drain deadline reached, closed %d connections", e.Addr, e.Closed)
+}
+
+// connClosed uncounts a connection.
+func (s *Server) connClosed() {
+	if s.conns.Add(-1) <= 0 {
+		s.noteZero()
+	}
+}
+
+func (s *Server) noteZero() {
+	if s.zeroC == nil {
+		return
+	}
+	select {
+	case s.zeroC <- struct{}{}:
+	default:
+	}
+}
