@@ -98,6 +98,9 @@ func (h *Handler) RetryAfter(err error, method string, replay, bodySent bool, up
 	return nil
 }
 
+// IsDialError reports whether err is a connection that could not be made.
+func IsDialError(err error) bool { return isDialError(err) }
+
 // UpstreamError is the error of a request whose upstream failed in a way
 // that is not retried (a bad or late response).
 func UpstreamError(up string, err error) error { return &upstreamError{up: up, err: err} }

@@ -213,15 +213,6 @@ func (i *instance) start() error {
 		if err != nil {
 			return &config.Error{File: cfg.Path, Key: fmt.Sprintf("proxy.listen[%d]", n), Err: err}
 		}
-<<<<<<< HEAD
-		srv := &handoff.Server{
-			Handler:           i.px,
-			ReadHeaderTimeout: cfg.Server.ReadHeaderTimeout,
-			IdleTimeout:       cfg.Server.IdleTimeout,
-			MaxHeaderBytes:    cfg.Server.MaxHeaderBytes,
-			ErrorLog:          errLog,
-			Logger:            i.log,
-=======
 		var srv server
 		switch cfg.Engine {
 		case config.EngineEpoll:
@@ -241,8 +232,8 @@ func (i *instance) start() error {
 				IdleTimeout:       cfg.Server.IdleTimeout,
 				MaxHeaderBytes:    cfg.Server.MaxHeaderBytes,
 				ErrorLog:          errLog,
+				Logger:            i.log,
 			}
->>>>>>> epoll
 		}
 		i.servers = append(i.servers, srv)
 		i.addrs = append(i.addrs, ln.Addr().String())

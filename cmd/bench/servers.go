@@ -33,11 +33,8 @@ const (
 	setupDirect    = "direct"
 	setupBaton     = "baton"
 	setupBaton1    = "baton (1 thread)"
-<<<<<<< HEAD
 	setupBatonObs  = "baton + access log + metrics"
-=======
 	setupEpoll     = "baton (epoll)"
->>>>>>> epoll
 	setupHAProxy   = "haproxy"
 	setupNginx     = "nginx"
 	setupMinimal   = "go-minimal (reference)"
@@ -172,11 +169,8 @@ func (b *bench) startAll(ctx context.Context) error {
 	}{
 		{setupBaton, b.startBaton, nil},
 		{setupBaton1, b.startBaton1, nil},
-<<<<<<< HEAD
 		{setupBatonObs, b.startBatonObs, &cpuCell},
-=======
 		{setupEpoll, b.startEpoll, nil},
->>>>>>> epoll
 		{setupHAProxy, b.startHAProxy, nil},
 		{setupNginx, b.startNginxProxy, nil},
 		{setupMinimal, b.startMinimal(setupMinimal, "go-minimal", nil), nil},
@@ -374,11 +368,8 @@ const nginxProxyConf = nginxMain + `http {
 type serverData struct {
 	Dir, Name, Backend string
 	Port               int
-<<<<<<< HEAD
+	Proxy              string // more [proxy] keys
 	Extra              string // appended to the configuration
-=======
-	Extra              string // more [proxy] keys
->>>>>>> epoll
 }
 
 func (b *bench) startNginx(name, tmpl string, port int) (*proc, error) {
@@ -405,7 +396,7 @@ func (b *bench) startNginxProxy(port int) (*proc, error) {
 
 const batonConf = `[proxy]
 listen = ["127.0.0.1:{{.Port}}"]
-{{.Extra}}
+{{.Proxy}}
 
 [control]
 pid_file = "{{.Dir}}/{{.Name}}.pid"
@@ -431,7 +422,7 @@ listen = "127.0.0.2:0"
 
 // startBaton starts the baton that is measured and upgraded.
 func (b *bench) startBaton(port int) (*proc, error) {
-	p, err := b.startBatonAs(setupBaton, "baton", nil, port)
+	p, err := b.startBatonAs(setupBaton, "baton", nil, port, "")
 	if err == nil {
 		b.batonConfig, b.batonPID, b.batonSocket = b.path("baton.toml"), b.path("baton.pid"), b.path("baton.sock")
 	}
@@ -442,36 +433,29 @@ func (b *bench) startBaton(port int) (*proc, error) {
 // by GOMAXPROCS=1 in its environment: the like-for-like row next to
 // HAProxy's one thread and nginx's one worker.
 func (b *bench) startBaton1(port int) (*proc, error) {
-	return b.startBatonAs(setupBaton1, "baton-1t", []string{oneThreadEnv}, port)
+	return b.startBatonAs(setupBaton1, "baton-1t", []string{oneThreadEnv}, port, "")
 }
 
-<<<<<<< HEAD
 // startBatonObs starts a baton like the measured one, with its access log
 // and metrics on: the row that shows what observing every request costs.
 func (b *bench) startBatonObs(port int) (*proc, error) {
-	return b.startBatonAs(setupBatonObs, "baton-obs", nil, port, obsConf)
+	return b.startBatonAs(setupBatonObs, "baton-obs", nil, port, "", obsConf)
 }
 
-// startBatonAs starts a baton whose configuration, PID file, control
-// socket and log are named after file; extra is appended to its
-// configuration.
-func (b *bench) startBatonAs(setupName, file string, env []string, port int, extra ...string) (*proc, error) {
-	d := serverData{Dir: b.dir, Name: file, Backend: b.backendAddr, Port: port, Extra: strings.Join(extra, "\n")}
-	if len(extra) == 0 {
-		d.Extra = "\n[log]\nlevel = \"warn\"\n"
-	}
-=======
 // startEpoll starts a baton on the epoll engine with threads at its
-// default (loops: one per two CPUs).
+// default.
 func (b *bench) startEpoll(port int) (*proc, error) {
 	return b.startBatonAs(setupEpoll, "baton-epoll", nil, port, `engine = "epoll"`)
 }
 
 // startBatonAs starts a baton whose configuration, PID file, control
-// socket and log are named after file; extra goes into [proxy].
-func (b *bench) startBatonAs(setupName, file string, env []string, port int, extra ...string) (*proc, error) {
-	d := serverData{Dir: b.dir, Name: file, Backend: b.backendAddr, Port: port, Extra: strings.Join(extra, "\n")}
->>>>>>> epoll
+// socket and log are named after file; proxyKeys go into its [proxy]
+// section and extra is appended to its configuration.
+func (b *bench) startBatonAs(setupName, file string, env []string, port int, proxyKeys string, extra ...string) (*proc, error) {
+	d := serverData{Dir: b.dir, Name: file, Backend: b.backendAddr, Port: port, Proxy: proxyKeys, Extra: strings.Join(extra, "\n")}
+	if len(extra) == 0 {
+		d.Extra = "\n[log]\nlevel = \"warn\"\n"
+	}
 	conf, err := b.writeConfig(file+".toml", batonConf, d)
 	if err != nil {
 		return nil, err

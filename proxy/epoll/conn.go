@@ -382,6 +382,9 @@ func (c *conn) attemptFailed(err error) {
 		c.fail(ferr)
 		return
 	}
+	if proxy.IsDialError(err) {
+		x.ex.DialRetries++
+	}
 	x.attempt++
 	x.lastErr, x.lastUp, x.avoid = err, up.Name(), up
 	l.attempt(c)

@@ -75,7 +75,7 @@ type Status struct {
 	UptimeSeconds    float64           `json:"uptime_s"`
 	Config           string            `json:"config"`
 	Listeners        []string          `json:"listeners"`
-	Engine           string            `json:"engine"` // data plane of the HTTP/1.1 listeners: epoll or stdlib
+	Engine           string            `json:"engine"`          // data plane of the HTTP/1.1 listeners: epoll or stdlib
 	Admin            string            `json:"admin,omitempty"` // the admin listener's address
 	ControlSocket    string            `json:"control_socket"`
 	Upgrading        bool              `json:"upgrading"`
