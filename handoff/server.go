@@ -3,6 +3,7 @@ package handoff
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log"
@@ -36,9 +37,14 @@ type Server struct {
 	IdleTimeout       time.Duration // default DefaultIdleTimeout
 	MaxHeaderBytes    int           // default DefaultMaxHeaderBytes
 	ErrorLog          *log.Logger   // net/http's own errors; nil: standard logger
+	// TLSConfig, if set, makes Serve terminate TLS; HTTP/2 is served when
+	// its NextProtos offer "h2" (see h2.go for how it drains).
+	TLSConfig   *tls.Config
+	GoAwayDelay time.Duration // HTTP/2: graceful to final GOAWAY; default DefaultGoAwayDelay
 
 	draining atomic.Bool
 	srv      *http.Server
+	h2       *h2Server // nil without TLS and h2
 
 	mu       sync.Mutex
 	ln       net.Listener
@@ -74,6 +80,10 @@ func (s *Server) Serve(ln net.Listener) error {
 	if s.srv.MaxHeaderBytes == 0 {
 		s.srv.MaxHeaderBytes = DefaultMaxHeaderBytes
 	}
+	if s.TLSConfig != nil {
+		s.serveTLSLocked()
+		ln = tls.NewListener(ln, s.TLSConfig)
+	}
 	srv := s.srv
 	s.mu.Unlock()
 	err := srv.Serve(ln)
@@ -97,6 +107,9 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		dw.ResponseWriter, dw.s = nil, nil
 		drainWriters.Put(dw)
 	}()
+	// HTTP/2 drains with GOAWAY; "Connection: close" would make the h2
+	// server send its final GOAWAY before the graceful one has arrived.
+	dw.h2 = r.ProtoMajor >= 2
 	if r.Header.Get("Upgrade") != "" && httpguts.HeaderValuesContainsToken(r.Header["Connection"], "upgrade") {
 		if c, ok := r.Context().Value(connKey{}).(net.Conn); ok {
 			s.mu.Lock()
@@ -124,6 +137,7 @@ type drainWriter struct {
 	http.ResponseWriter
 	s     *Server
 	wrote bool
+	h2    bool
 }
 
 var drainWriters = sync.Pool{New: func() any { return new(drainWriter) }}
@@ -131,7 +145,7 @@ var drainWriters = sync.Pool{New: func() any { return new(drainWriter) }}
 func (w *drainWriter) WriteHeader(code int) {
 	if !w.wrote {
 		w.wrote = true
-		if w.s.draining.Load() && code >= 200 {
+		if w.s.draining.Load() && code >= 200 && !w.h2 {
 			w.ResponseWriter.Header().Set("Connection", "close")
 		}
 	}
@@ -221,6 +235,9 @@ func (s *Server) StopAccepting() {
 	if s.idleC != nil {
 		s.checkIdleLocked()
 	}
+	if s.h2 != nil {
+		s.h2.drain()
+	}
 }
 
 // CloseIdle closes the keep-alive connections that are idle now, and makes
@@ -242,10 +259,13 @@ func (s *Server) CloseIdle() {
 func (s *Server) Drain(ctx context.Context) error {
 	s.StopAccepting()
 	s.mu.Lock()
-	srv, idleC := s.srv, s.idleC
+	srv, idleC, h2 := s.srv, s.idleC, s.h2
 	s.mu.Unlock()
 	if srv == nil {
 		return nil
+	}
+	if h2 != nil {
+		defer h2.close()
 	}
 	select {
 	case <-idleC:

@@ -173,6 +173,9 @@ func (i *instance) start() error {
 			}
 		}()
 	}
+	if err := i.startTLS(errLog); err != nil {
+		return err
+	}
 	if cfg.ControlSocket != "" {
 		ln, err := h.Listen("unix", cfg.ControlSocket)
 		if err != nil {

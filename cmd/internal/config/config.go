@@ -26,6 +26,7 @@ import (
 type Config struct {
 	Path          string // absolute path of the file it came from
 	Listen        []string
+	TLS           []TLS // [[tls]] sections, certificates loaded
 	Server        ServerLimits
 	Handoff       handoff.Options
 	Proxy         proxy.Config
@@ -116,6 +117,7 @@ type file struct {
 	Control fileControl   `toml:"control"`
 	Log     fileLog       `toml:"log"`
 	Backend []fileBackend `toml:"backend"`
+	TLS     []fileTLS     `toml:"tls"`
 }
 
 var decodeErrRE = regexp.MustCompile(`^toml: line (\d+) \(last key "([^"]+)"\): (.*)$`)
@@ -214,7 +216,7 @@ func positive(key string, v *int, dst *int) error {
 func build(f *file, dir string) (*Config, error) {
 	c := &Config{LogLevel: slog.LevelInfo, LogFormat: "text"}
 
-	if len(f.Proxy.Listen) == 0 {
+	if len(f.Proxy.Listen) == 0 && len(f.TLS) == 0 {
 		return nil, errAt("proxy.listen", "no listen address (want e.g. [\"127.0.0.1:8080\"])")
 	}
 	seen := map[string]bool{}
@@ -236,8 +238,11 @@ func build(f *file, dir string) (*Config, error) {
 		seen[a] = true
 	}
 	c.Listen = f.Proxy.Listen
-
 	var err error
+	if c.TLS, err = buildTLS(f.TLS, dir, seen, time.Now()); err != nil {
+		return nil, err
+	}
+
 	try := func(e error) {
 		if err == nil {
 			err = e
