@@ -47,6 +47,7 @@ type instance struct {
 	set     *backends.Set
 	px      *proxy.Handler
 	servers []*handoff.Server
+	tickets *handoff.TicketKeys // TLS session ticket keys; nil without TLS
 	ctl     *control.Server
 	addrs   []string // actual listen addresses
 
@@ -216,6 +217,7 @@ func (i *instance) warnBackends() {
 
 // runBackground starts health checks and signal handling until ctx ends.
 func (i *instance) runBackground(ctx context.Context) {
+	i.runTickets(ctx)
 	i.bg.Add(2)
 	go func() {
 		defer i.bg.Done()

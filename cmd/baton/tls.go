@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"log"
 
@@ -8,11 +9,29 @@ import (
 	"github.com/batonproxy/baton/handoff"
 )
 
+// ticketsFile is the name under which the TLS session ticket keys are
+// passed to the next generation.
+const ticketsFile = "baton.tickets"
+
 // startTLS serves the [[tls]] sections: one handoff.Server per address,
 // terminating TLS with the certificates config.Load read from disk (so an
 // upgrade picks up renewed ones) and handing requests to the same proxy.
+// The session ticket keys come from the previous generation, so its
+// clients resume their sessions here.
 func (i *instance) startTLS(errLog *log.Logger) error {
 	cfg, h := i.cfg, i.h
+	f, err := h.File(ticketsFile)
+	if err != nil {
+		return err
+	}
+	if f != nil || len(cfg.TLS) > 0 {
+		if i.tickets, err = handoff.NewTicketKeys(f, handoff.TicketOptions{}); err != nil {
+			return err
+		}
+		if err := h.AddFile(ticketsFile, i.tickets.File()); err != nil {
+			return err
+		}
+	}
 	for n, t := range cfg.TLS {
 		for m, addr := range t.Listen {
 			ln, err := h.Listen("tcp", addr)
@@ -20,6 +39,7 @@ func (i *instance) startTLS(errLog *log.Logger) error {
 				return &config.Error{File: cfg.Path, Key: fmt.Sprintf("tls[%d].listen[%d]", n, m), Err: err}
 			}
 			tc := t.ServerConfig()
+			i.tickets.Apply(tc)
 			srv := &handoff.Server{
 				Handler:           i.px,
 				ReadHeaderTimeout: cfg.Server.ReadHeaderTimeout,
@@ -40,4 +60,18 @@ func (i *instance) startTLS(errLog *log.Logger) error {
 		}
 	}
 	return nil
+}
+
+// runTickets rotates the session ticket keys while this process serves.
+func (i *instance) runTickets(ctx context.Context) {
+	if i.tickets == nil {
+		return
+	}
+	i.bg.Add(1)
+	go func() {
+		defer i.bg.Done()
+		if err := i.tickets.Run(ctx); err != nil {
+			i.log.Error("TLS session ticket keys are not rotated any more", "err", err)
+		}
+	}()
 }

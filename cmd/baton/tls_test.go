@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"context"
 	"crypto/rand"
 	"crypto/tls"
 	"encoding/hex"
@@ -85,7 +86,31 @@ type httpsLoad struct {
 	nfail atomic.Int64
 	posts map[string]bool
 
-	handshakes, resumed atomic.Int64 // of the new-connection clients
+	// TLS handshakes that were not a client's first (reconnections and
+	// the new-connection clients' later ones), and how many resumed.
+	handshakes, resumed atomic.Int64
+}
+
+// dialer returns a TLS dial function with its own session cache that
+// counts every handshake after its first.
+func (l *httpsLoad) dialer(cfg *tls.Config) func(ctx context.Context, network, addr string) (net.Conn, error) {
+	cfg = cfg.Clone()
+	cfg.ClientSessionCache = tls.NewLRUClientSessionCache(8)
+	var n atomic.Int64
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		d := tls.Dialer{NetDialer: &net.Dialer{Timeout: 5 * time.Second}, Config: cfg}
+		c, err := d.DialContext(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		if n.Add(1) > 1 {
+			l.handshakes.Add(1)
+			if c.(*tls.Conn).ConnectionState().DidResume {
+				l.resumed.Add(1)
+			}
+		}
+		return c, nil
+	}
 }
 
 const (
@@ -122,10 +147,12 @@ func startHTTPSLoad(t testing.TB, addr string, cfg *tls.Config, spec httpsSpec) 
 	}
 	// Each Go client has its own transport, hence its own connection.
 	client := func(h2 bool) *http.Client {
-		tr := &http.Transport{TLSClientConfig: cfg.Clone(), ForceAttemptHTTP2: h2, DisableCompression: true}
+		tc := cfg.Clone()
+		tc.NextProtos = []string{"h2", "http/1.1"}
 		if !h2 {
-			tr.TLSClientConfig.NextProtos = []string{"http/1.1"}
+			tc.NextProtos = []string{"http/1.1"}
 		}
+		tr := &http.Transport{DialTLSContext: l.dialer(tc), ForceAttemptHTTP2: h2, DisableCompression: true}
 		l.trs = append(l.trs, tr)
 		return &http.Client{Transport: tr, Timeout: 30 * time.Second}
 	}
@@ -148,9 +175,11 @@ func startHTTPSLoad(t testing.TB, addr string, cfg *tls.Config, spec httpsSpec) 
 			l.raw(deadline)
 		}()
 	}
-	if spec.NewConn > 0 {
-		cache := tls.NewLRUClientSessionCache(64)
-		run(spec.NewConn, func() { l.newConn(cache) })
+	for i := 0; i < spec.NewConn; i++ {
+		cfg := cfg.Clone()
+		cfg.NextProtos = []string{"http/1.1"}
+		dial := l.dialer(cfg)
+		run(1, func() { l.newConn(dial) })
 	}
 	t.Cleanup(l.halt)
 	return l
@@ -220,6 +249,7 @@ func (l *httpsLoad) raw(deadline time.Time) {
 	}()
 	cfg := l.cfg.Clone()
 	cfg.NextProtos = []string{"http/1.1"}
+	dial := l.dialer(cfg)
 	req := []byte("GET /small.txt HTTP/1.1\r\nHost: site.test\r\n\r\n")
 	for time.Now().Before(deadline) {
 		select {
@@ -228,13 +258,12 @@ func (l *httpsLoad) raw(deadline time.Time) {
 		default:
 		}
 		if c == nil {
-			var err error
-			c, err = tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", l.addr, cfg)
+			nc, err := dial(context.Background(), "tcp", l.addr)
 			if err != nil {
 				l.fail(kRawTLS, "dial: %v", err)
-				c = nil
 				continue
 			}
+			c = nc.(*tls.Conn)
 			br = bufio.NewReader(c)
 		}
 		_ = c.SetDeadline(time.Now().Add(30 * time.Second))
@@ -263,23 +292,16 @@ func (l *httpsLoad) raw(deadline time.Time) {
 	}
 }
 
-// newConn makes one request on a new TLS connection, resuming a session
-// from cache when it can, and counts the handshakes that resumed.
-func (l *httpsLoad) newConn(cache tls.ClientSessionCache) {
-	cfg := l.cfg.Clone()
-	cfg.ClientSessionCache = cache
-	cfg.NextProtos = []string{"http/1.1"}
-	c, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", l.addr, cfg)
+// newConn makes one request on a new TLS connection (resuming a session
+// when it can).
+func (l *httpsLoad) newConn(dial func(context.Context, string, string) (net.Conn, error)) {
+	c, err := dial(context.Background(), "tcp", l.addr)
 	if err != nil {
 		l.fail(kNewConn, "dial: %v", err)
 		return
 	}
 	defer c.Close()
 	_ = c.SetDeadline(time.Now().Add(30 * time.Second))
-	l.handshakes.Add(1)
-	if c.ConnectionState().DidResume {
-		l.resumed.Add(1)
-	}
 	if _, err := io.WriteString(c, "GET /small.txt HTTP/1.1\r\nHost: site.test\r\nConnection: close\r\n\r\n"); err != nil {
 		l.fail(kNewConn, "write: %v", err)
 		return
@@ -365,12 +387,13 @@ func servedCert(t testing.TB, addr, name string) (dnsNames []string, serial stri
 }
 
 // TestTLS serves HTTPS in front of a real lighttpd: certificates by SNI,
-// h2 and HTTP/1.1 by ALPN, X-Forwarded-Proto, curl with both; then six
+// h2 and HTTP/1.1 by ALPN, X-Forwarded-Proto, curl with both; then four
 // SIGHUP upgrades under HTTPS load (Go h2 and HTTP/1.1 clients, h2 POSTs,
 // a raw keep-alive TLS client that never retries, new connections): zero
 // failures, every POST processed once. A broken certificate fails
 // `ctl upgrade` with the reason while the old process serves on; a
-// renewed one is served after the next upgrade.
+// renewed one is served after the next upgrade. Every reconnection
+// resumes its TLS session, across upgrades too.
 func TestTLS(t *testing.T) {
 	lt := backendtest.StartT(t, backendtest.Lighttpd, backendtest.Options{})
 	var site *tlsSite
@@ -416,7 +439,7 @@ func TestTLS(t *testing.T) {
 	l := startHTTPSLoad(t, addr, site.clientConfig("site.test"), httpsSpec{H2Get: 4, H1Get: 2, H2Post: 2, RawTLS: 2, NewConn: 1})
 	l.progress(t, 20)
 	pid := b.pid()
-	for i := 1; i <= 6; i++ {
+	for i := 1; i <= 4; i++ {
 		b.signal(syscall.SIGHUP)
 		pid = b.waitNewPID(pid)
 		l.progress(t, 10)
@@ -461,5 +484,16 @@ func TestTLS(t *testing.T) {
 		t.Fatal(err)
 	}
 	checkPostsOnce(t, l.postIDs(), ids)
-	t.Logf("new connections: %d handshakes, %d resumed", l.handshakes.Load(), l.resumed.Load())
+	l.checkResumed(t)
+}
+
+// checkResumed asserts that reconnecting clients resumed their TLS
+// sessions, across upgrades too: the session ticket keys are shared.
+func (l *httpsLoad) checkResumed(t testing.TB) {
+	t.Helper()
+	n, r := l.handshakes.Load(), l.resumed.Load()
+	t.Logf("TLS handshakes after each client's first: %d, resumed %d (%.1f%%)", n, r, 100*float64(r)/float64(max(n, 1)))
+	if n == 0 || r != n {
+		t.Errorf("%d of %d later handshakes resumed, want all", r, n)
+	}
 }
