@@ -405,7 +405,11 @@ func (b *heldBody) Close() error { return nil }
 func wrapDone(body io.ReadCloser, up Upstream) io.ReadCloser {
 	d := &doneBody{ReadCloser: body, up: up}
 	if rw, ok := body.(io.ReadWriteCloser); ok {
-		// A 101 Switching Protocols body is the connection itself.
+		// A 101 Switching Protocols body is the connection itself. A
+		// WebSocket is not a request in flight: counting it would hold a
+		// backend's drain (before a restart) for as long as it lives, while
+		// a graceful restart keeps it open anyway.
+		d.once.Do(func() { up.Done(nil) })
 		return &doneRWC{doneBody: d, w: rw}
 	}
 	return d

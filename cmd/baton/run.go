@@ -162,6 +162,7 @@ func (i *instance) start() error {
 			ReadHeaderTimeout: cfg.Server.ReadHeaderTimeout,
 			IdleTimeout:       cfg.Server.IdleTimeout,
 			MaxHeaderBytes:    cfg.Server.MaxHeaderBytes,
+			LongDrainTimeout:  cfg.Server.LongDrainTimeout,
 			ErrorLog:          errLog,
 		}
 		i.servers = append(i.servers, srv)

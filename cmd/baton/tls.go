@@ -45,6 +45,7 @@ func (i *instance) startTLS(errLog *log.Logger) error {
 				ReadHeaderTimeout: cfg.Server.ReadHeaderTimeout,
 				IdleTimeout:       cfg.Server.IdleTimeout,
 				MaxHeaderBytes:    cfg.Server.MaxHeaderBytes,
+				LongDrainTimeout:  cfg.Server.LongDrainTimeout,
 				ErrorLog:          errLog,
 				TLSConfig:         tc,
 			}

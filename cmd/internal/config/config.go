@@ -49,6 +49,7 @@ type ServerLimits struct {
 	ReadHeaderTimeout time.Duration
 	IdleTimeout       time.Duration
 	MaxHeaderBytes    int
+	LongDrainTimeout  time.Duration // WebSockets, event streams: see handoff.Server
 }
 
 // Error is a configuration error: file, key (may be empty), reason.
@@ -70,6 +71,7 @@ func (e *Error) Unwrap() error { return e.Err }
 type fileProxy struct {
 	Listen            []string `toml:"listen"`
 	DrainTimeout      string   `toml:"drain_timeout"`
+	LongDrainTimeout  string   `toml:"long_drain_timeout"`
 	HoldTimeout       string   `toml:"hold_timeout"`
 	MaxHeld           *int     `toml:"max_held"`
 	MaxAttempts       *int     `toml:"max_attempts"`
@@ -249,6 +251,7 @@ func build(f *file, dir string) (*Config, error) {
 		}
 	}
 	try(duration("proxy.drain_timeout", f.Proxy.DrainTimeout, &c.Handoff.DrainTimeout))
+	try(duration("proxy.long_drain_timeout", f.Proxy.LongDrainTimeout, &c.Server.LongDrainTimeout))
 	try(duration("proxy.hold_timeout", f.Proxy.HoldTimeout, &c.Proxy.HoldTimeout))
 	try(positive("proxy.max_held", f.Proxy.MaxHeld, &c.Proxy.MaxHeld))
 	try(positive("proxy.max_attempts", f.Proxy.MaxAttempts, &c.Proxy.MaxAttempts))
@@ -268,6 +271,9 @@ func build(f *file, dir string) (*Config, error) {
 	}
 	if c.Handoff.DrainTimeout == 0 {
 		c.Handoff.DrainTimeout = handoff.DefaultDrainTimeout
+	}
+	if l := c.Server.LongDrainTimeout; l != 0 && l < c.Handoff.DrainTimeout {
+		return nil, errAt("proxy.long_drain_timeout", "%s is shorter than drain_timeout (%s)", l, c.Handoff.DrainTimeout)
 	}
 	c.Handoff.PIDFile = under(dir, f.Control.PIDFile)
 	c.ControlSocket = under(dir, f.Control.Socket)

@@ -100,3 +100,29 @@ func TestParseTLS(t *testing.T) {
 		})
 	}
 }
+
+// TestParseLongDrain: proxy.long_drain_timeout, zero by default (handoff's
+// default applies), and never shorter than drain_timeout.
+func TestParseLongDrain(t *testing.T) {
+	for _, tc := range []struct {
+		extra string
+		want  time.Duration
+		err   string
+	}{
+		{"", 0, ""},
+		{"long_drain_timeout = \"2h\"\n", 2 * time.Hour, ""},
+		{"drain_timeout = \"1m\"\nlong_drain_timeout = \"30s\"\n", 0, "proxy.long_drain_timeout: 30s is shorter than drain_timeout (1m0s)"},
+	} {
+		c, err := config.Parse("baton.toml", "/etc/baton/baton.toml", listen+tc.extra+backendA)
+		switch {
+		case tc.err != "":
+			if err == nil || !strings.Contains(err.Error(), tc.err) {
+				t.Errorf("%q: got %v, want %q", tc.extra, err, tc.err)
+			}
+		case err != nil:
+			t.Errorf("%q: %v", tc.extra, err)
+		case c.Server.LongDrainTimeout != tc.want:
+			t.Errorf("%q: got %s, want %s", tc.extra, c.Server.LongDrainTimeout, tc.want)
+		}
+	}
+}
