@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/net/http/httpguts"
@@ -66,7 +67,10 @@ func (s *Server) unmarkLong(c net.Conn) {
 // what the handler writes.
 type wsConn struct {
 	net.Conn
-	linger time.Duration
+	linger       time.Duration
+	writeTimeout time.Duration // a client that reads nothing for this long is dropped
+
+	pending atomic.Int32 // a close code goAway could not write at once
 
 	mu       sync.Mutex
 	inHTTP   bool   // still writing the 101 response header
@@ -81,14 +85,10 @@ type wsConn struct {
 	once     sync.Once
 }
 
-func newWSConn(c net.Conn, linger time.Duration) *wsConn {
-	return &wsConn{Conn: c, linger: linger, inHTTP: true}
-}
-
 // hijackWS wraps a hijacked connection and its buffered writer so that
 // every byte to the client passes through a wsConn.
-func hijackWS(c net.Conn, brw *bufio.ReadWriter, linger time.Duration) (*wsConn, *bufio.ReadWriter) {
-	ws := newWSConn(c, linger)
+func hijackWS(c net.Conn, brw *bufio.ReadWriter, linger, writeTimeout time.Duration) (*wsConn, *bufio.ReadWriter) {
+	ws := &wsConn{Conn: c, linger: linger, writeTimeout: writeTimeout, inHTTP: true}
 	return ws, bufio.NewReadWriter(brw.Reader, bufio.NewWriter(ws))
 }
 
@@ -98,8 +98,12 @@ func (c *wsConn) Write(p []byte) (int, error) {
 	if c.sent {
 		return len(p), nil // the client has been told goodbye
 	}
+	_ = c.Conn.SetWriteDeadline(time.Now().Add(c.writeTimeout))
 	n, err := c.Conn.Write(p)
 	c.track(p[:n])
+	if code := c.pending.Load(); code != 0 && c.closing == 0 && !c.sawClose {
+		c.closing = int(code)
+	}
 	if err == nil && c.closing != 0 && c.atBoundaryLocked() {
 		err = c.writeCloseLocked()
 	}
@@ -170,9 +174,13 @@ func (c *wsConn) writeCloseLocked() error {
 
 // goAway sends a close frame with code now, or after the frame being
 // written; it does nothing if a close frame went to the client already.
-// It does not block on a slow client for long: the write has a deadline.
+// It never waits for a write in progress (a client that does not read
+// would block it): that write sends the close frame when it is done.
 func (c *wsConn) goAway(code int) {
-	c.mu.Lock()
+	if !c.mu.TryLock() {
+		c.pending.Store(int32(code))
+		return
+	}
 	defer c.mu.Unlock()
 	if c.sawClose || c.closing != 0 {
 		return

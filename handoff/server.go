@@ -202,13 +202,14 @@ func (w *drainWriter) markLong() {
 
 // Hijack implements http.Hijacker for handlers that assert it. A
 // WebSocket's connection is wrapped so that baton can close it with a
-// close frame (see wsConn).
+// close frame (see wsConn), and dropped when the client reads nothing for
+// IdleTimeout while there is something to send it.
 func (w *drainWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	c, brw, err := http.NewResponseController(w.ResponseWriter).Hijack()
 	if err != nil || !w.websocket {
 		return c, brw, err
 	}
-	ws, brw := hijackWS(c, brw, orDefault(w.s.CloseLinger, DefaultCloseLinger))
+	ws, brw := hijackWS(c, brw, orDefault(w.s.CloseLinger, DefaultCloseLinger), orDefault(w.s.IdleTimeout, DefaultIdleTimeout))
 	w.s.mu.Lock()
 	w.s.ws[w.conn] = ws
 	w.s.mu.Unlock()
