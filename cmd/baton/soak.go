@@ -53,6 +53,9 @@ func cmdSoak(args []string, stdout, stderr io.Writer) int {
 		reportPath   = fs.String("report", "", "write a self-contained HTML report to `file`")
 		jsonPath     = fs.String("json", "", "write the raw figures as JSON to `file`")
 		progress     = fs.Bool("progress", false, "print a progress line every second even if stderr is not a terminal")
+		caCert       = fs.String("cacert", "", "trust the CA certificates in PEM `file` for https:// targets")
+		insecure     = fs.Bool("insecure", false, "do not verify https:// targets' certificates")
+		h2           = fs.Bool("h2", false, "speak HTTP/2 to https:// targets")
 	)
 	fs.Var(&paths, "path", "path to request under --target (repeatable)")
 	fs.Var(&restart, "restart", "backend `name` to restart (repeatable; default: every restartable one, in turn)")
@@ -79,6 +82,11 @@ func cmdSoak(args []string, stdout, stderr io.Writer) int {
 	opts := soak.Options{
 		Targets: targets, Rate: *rate, Workers: *workers, Duration: *duration, Timeout: *timeout,
 		Socket: *socket, UpgradeEvery: *upgradeEvery, RestartEvery: *restartEvery, Restart: restart,
+		HTTP2: *h2,
+	}
+	if opts.TLS, err = soakTLS(*caCert, *insecure); err != nil {
+		fmt.Fprintf(stderr, "baton soak: %v\n", err)
+		return 2
 	}
 	if *progress || isTerminal(os.Stderr) {
 		opts.Progress = stderr

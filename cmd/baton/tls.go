@@ -2,8 +2,11 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"log"
+	"os"
 
 	"github.com/batonproxy/baton/cmd/internal/config"
 	"github.com/batonproxy/baton/handoff"
@@ -75,4 +78,24 @@ func (i *instance) runTickets(ctx context.Context) {
 			i.log.Error("TLS session ticket keys are not rotated any more", "err", err)
 		}
 	}()
+}
+
+// soakTLS is the client TLS configuration of `baton soak` for https://
+// targets: nil (the system's roots) unless a CA file or --insecure.
+func soakTLS(caFile string, insecure bool) (*tls.Config, error) {
+	if caFile == "" && !insecure {
+		return nil, nil
+	}
+	c := &tls.Config{InsecureSkipVerify: insecure}
+	if caFile != "" {
+		pem, err := os.ReadFile(caFile)
+		if err != nil {
+			return nil, fmt.Errorf("--cacert: %w", err)
+		}
+		c.RootCAs = x509.NewCertPool()
+		if !c.RootCAs.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("--cacert: no PEM certificate in %s", caFile)
+		}
+	}
+	return c, nil
 }

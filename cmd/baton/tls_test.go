@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"crypto/tls"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -23,6 +24,7 @@ import (
 	"time"
 
 	"github.com/batonproxy/baton/backends/backendtest"
+	"github.com/batonproxy/baton/cmd/internal/soak"
 	"github.com/batonproxy/baton/internal/tlstest"
 )
 
@@ -590,4 +592,42 @@ func TestTLSRestartsAndUpgrades(t *testing.T) {
 		ids = append(ids, got...)
 	}
 	checkPostsOnce(t, l.postIDs(), ids)
+}
+
+// TestSoakHTTPS: `baton soak` against an https:// target over HTTP/2,
+// trusting the site's CA, while baton upgrades every 2 s and Apache
+// (graceful) and lighttpd (stop-start) restart every 3 s: no failure.
+func TestSoakHTTPS(t *testing.T) {
+	ap := backendtest.StartT(t, backendtest.Apache, backendtest.Options{})
+	lt := backendtest.StartT(t, backendtest.Lighttpd, backendtest.Options{})
+	var site *tlsSite
+	b := startBaton(t, func(dir string) string {
+		site = newTLSSite(t, dir)
+		return batonConfig(dir, "", restartable("apache", ap, "graceful"), restartable("lighttpd", lt, "stop-start")) + tlsTOML
+	})
+	port := b.tlsAddr()[len("127.0.0.2:"):]
+	figures := filepath.Join(t.TempDir(), "soak.json")
+	// The certificate names 127.0.0.2 too, so the URL needs no SNI tricks.
+	out, errOut, code := runBaton(t, "soak", "--target", "https://127.0.0.2:"+port+"/", "--path", "/small.txt", "--path", "/index.html",
+		"--cacert", site.caPEM, "--h2", "--rate", "200", "--duration", "8s", "--socket", b.socket,
+		"--upgrade-every", "2s", "--restart-every", "3s", "--json", figures)
+	if code != 0 {
+		t.Fatalf("soak: exit %d\n%s\n%s", code, out, errOut)
+	}
+	t.Logf("soak summary:\n%s", out)
+	var rep soak.Report
+	raw, err := os.ReadFile(figures)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(raw, &rep); err != nil {
+		t.Fatalf("figures do not parse: %v", err)
+	}
+	kinds := map[string]int{}
+	for _, e := range rep.Events {
+		kinds[e.Kind]++
+	}
+	if kinds["upgrade"] < 3 || kinds["restart"] < 2 || rep.Failed != 0 || rep.Requests < 1000 {
+		t.Errorf("figures: %v events, %d requests, %d failed; want >= 3 upgrades, >= 2 restarts, >= 1000 requests, 0 failed", kinds, rep.Requests, rep.Failed)
+	}
 }

@@ -6,6 +6,7 @@ package soak
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -43,6 +44,9 @@ type Options struct {
 	UpgradeEvery time.Duration // upgrade baton this often (0: never)
 	RestartEvery time.Duration // restart a backend this often (0: never)
 	Restart      []string      // backends to restart, in turn; empty: every restartable one
+
+	TLS   *tls.Config // for https:// targets; nil: the system's roots
+	HTTP2 bool        // HTTP/2 to https:// targets (else HTTP/1.1)
 
 	Progress io.Writer // a line per second; nil for none
 }
@@ -180,6 +184,10 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 		vegeta.KeepAlive(true), vegeta.Timeout(o.Timeout), vegeta.MaxBody(0),
 		vegeta.Workers(uint64(o.Workers)), vegeta.Connections(10000), vegeta.Redirects(vegeta.NoFollow),
 	}
+	if o.TLS != nil {
+		opts = append(opts, vegeta.TLSConfig(o.TLS))
+	}
+	opts = append(opts, vegeta.HTTP2(o.HTTP2)) // after TLSConfig: it adds h2 to its ALPN
 	pacer := vegeta.Rate{Freq: o.Rate, Per: time.Second}
 	if o.Rate == 0 {
 		opts = append(opts, vegeta.MaxWorkers(uint64(o.Workers)))
