@@ -34,7 +34,11 @@ func cmdCheck(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "%v\n", err)
 		return 1
 	}
-	fmt.Fprintf(stdout, "%s: ok (%d listener(s), %d backend(s))\n", *cfgPath, len(cfg.Listen), len(cfg.Backends))
+	n := len(cfg.Listen)
+	for _, t := range cfg.TLS {
+		n += len(t.Listen)
+	}
+	fmt.Fprintf(stdout, "%s: ok (%d listener(s), %d backend(s))\n", *cfgPath, n, len(cfg.Backends))
 	return 0
 }
 
