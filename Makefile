@@ -28,7 +28,7 @@ deps:
 	$(call need,apache2 lighttpd)
 
 deps-bench:
-	$(call need,apache2 lighttpd wrk haproxy nginx-light)
+	$(call need,apache2 lighttpd wrk haproxy nginx-light nghttp2-client)
 
 build:
 	$(GO) build -o $(BIN) ./cmd/baton
