@@ -22,6 +22,11 @@ type Options struct {
 	// RunDir holds the output of commands baton runs for backends
 	// (start-<name>.log); default os.TempDir().
 	RunDir string
+	// BeforeStop, if set, is called with a backend's name after its drain
+	// and before a stop-start restart stops it: the moment to end what
+	// the drain does not wait for (WebSockets), cleanly, before the server
+	// goes.
+	BeforeStop func(backend string)
 }
 
 // Set is the configured backends: it picks one per request (round-robin
@@ -33,6 +38,7 @@ type Set struct {
 	table    *StateTable
 	log      *slog.Logger
 	runDir   string
+	before   func(string) // Options.BeforeStop
 	pid      int
 
 	rr      atomic.Uint64
@@ -59,6 +65,7 @@ func New(cfgs []Config, table *StateTable, opts Options) (*Set, error) {
 		table:    table,
 		log:      opts.Logger,
 		runDir:   opts.RunDir,
+		before:   opts.BeforeStop,
 		pid:      os.Getpid(),
 		changedC: make(chan struct{}),
 		watchC:   make(chan struct{}, 1),

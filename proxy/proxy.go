@@ -64,6 +64,8 @@ type Handler struct {
 	epCount   int64
 	epLongest time.Duration
 	lastHold  atomic.Pointer[HoldEpisode]
+
+	sw switched // 101 connections to backends, by upstream
 }
 
 // New returns a Handler over pool.
@@ -187,6 +189,9 @@ func (h *Handler) roundTrip(req *http.Request) (*http.Response, error) {
 		resp, err := up.Transport(replay).RoundTrip(&out)
 		if err == nil {
 			resp.Body = wrapDone(resp.Body, up)
+			if d, ok := resp.Body.(*doneRWC); ok {
+				h.sw.track(up.Name(), d)
+			}
 			return resp, nil
 		}
 		up.Done(err)
@@ -429,7 +434,16 @@ func (d *doneBody) Close() error {
 
 type doneRWC struct {
 	*doneBody
-	w io.Writer
+	w       io.Writer
+	untrack func() // set by switched.track
+}
+
+func (d *doneRWC) Close() error {
+	err := d.doneBody.Close()
+	if d.untrack != nil {
+		d.untrack()
+	}
+	return err
 }
 
 func (d *doneRWC) Write(p []byte) (int, error) { return d.w.Write(p) }

@@ -143,7 +143,7 @@ func (i *instance) start() error {
 	if err := h.AddFile(stateFile, i.table.File()); err != nil {
 		return err
 	}
-	i.set, err = backends.New(cfg.Backends, i.table, backends.Options{Logger: i.log, RunDir: cfg.RunDir})
+	i.set, err = backends.New(cfg.Backends, i.table, backends.Options{Logger: i.log, RunDir: cfg.RunDir, BeforeStop: i.closeSwitched})
 	if err != nil {
 		return err
 	}

@@ -99,3 +99,12 @@ func soakTLS(caFile string, insecure bool) (*tls.Config, error) {
 	}
 	return c, nil
 }
+
+// closeSwitched ends this process's WebSockets to a backend that is about
+// to be stopped: its clients get a close frame (1012) now rather than a
+// server that waits for them before it stops.
+func (i *instance) closeSwitched(backend string) {
+	if n := i.px.CloseSwitched(backend); n > 0 {
+		i.log.Info("closed upgraded connections before stopping the backend", "backend", backend, "connections", n)
+	}
+}

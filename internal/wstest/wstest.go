@@ -8,7 +8,6 @@ import (
 	"crypto/sha1"
 	"encoding/base64"
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -24,7 +23,7 @@ const (
 	OpPong  = 0xa
 )
 
-const guid = "258EAFA5-E914-47DA-95CA-C5AB0DC11B65"
+const guid = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 // Conn is one side of a WebSocket.
 type Conn struct {
@@ -53,8 +52,8 @@ func Client(c net.Conn, host, path string) (*Conn, error) {
 		b, _ := io.ReadAll(io.LimitReader(resp.Body, 200))
 		return nil, fmt.Errorf("wstest: status %d: %s", resp.StatusCode, b)
 	}
-	if resp.Header.Get("Sec-WebSocket-Accept") != accept(key) {
-		return nil, errors.New("wstest: bad Sec-WebSocket-Accept")
+	if g, e := resp.Header.Get("Sec-WebSocket-Accept"), accept(key); g != e {
+		return nil, fmt.Errorf("wstest: Sec-WebSocket-Accept %q, want %q (answer %v)", g, e, resp.Header)
 	}
 	return &Conn{C: c, r: r, client: true}, nil
 }
