@@ -272,7 +272,9 @@ func (i *instance) shutdown() int {
 		drainers = append(drainers, i.ctl)
 	}
 	t := time.Now()
+	stopWatch := i.watchStops()
 	err := i.h.Shutdown(drainers...)
+	stopWatch()
 	var me *multierror.Error
 	if errors.As(err, &me) {
 		for _, e := range me.Errors {

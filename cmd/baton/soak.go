@@ -56,6 +56,8 @@ func cmdSoak(args []string, stdout, stderr io.Writer) int {
 		caCert       = fs.String("cacert", "", "trust the CA certificates in PEM `file` for https:// targets")
 		insecure     = fs.Bool("insecure", false, "do not verify https:// targets' certificates")
 		h2           = fs.Bool("h2", false, "speak HTTP/2 to https:// targets")
+		wsProbes     = fs.Int("ws", 0, "keep `N` WebSocket probes open to --ws-path (an echo endpoint) on the target's host")
+		wsPath       = fs.String("ws-path", "/ws", "path of the WebSocket echo endpoint for --ws")
 	)
 	fs.Var(&paths, "path", "path to request under --target (repeatable)")
 	fs.Var(&restart, "restart", "backend `name` to restart (repeatable; default: every restartable one, in turn)")
@@ -82,7 +84,7 @@ func cmdSoak(args []string, stdout, stderr io.Writer) int {
 	opts := soak.Options{
 		Targets: targets, Rate: *rate, Workers: *workers, Duration: *duration, Timeout: *timeout,
 		Socket: *socket, UpgradeEvery: *upgradeEvery, RestartEvery: *restartEvery, Restart: restart,
-		HTTP2: *h2,
+		HTTP2: *h2, WebSockets: *wsProbes, WSPath: *wsPath,
 	}
 	if opts.TLS, err = soakTLS(*caCert, *insecure); err != nil {
 		fmt.Fprintf(stderr, "baton soak: %v\n", err)

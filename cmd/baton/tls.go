@@ -7,7 +7,9 @@ import (
 	"fmt"
 	"log"
 	"os"
+	"time"
 
+	"github.com/batonproxy/baton/backends"
 	"github.com/batonproxy/baton/cmd/internal/config"
 	"github.com/batonproxy/baton/handoff"
 )
@@ -106,5 +108,35 @@ func soakTLS(caFile string, insecure bool) (*tls.Config, error) {
 func (i *instance) closeSwitched(backend string) {
 	if n := i.px.CloseSwitched(backend); n > 0 {
 		i.log.Info("closed upgraded connections before stopping the backend", "backend", backend, "connections", n)
+	}
+}
+
+// watchStops runs while this process drains after an upgrade: a backend
+// that the serving generation is about to stop (stop-start) gets this
+// generation's WebSockets ended too, as the serving one ends its own
+// (closeSwitched), rather than holding the server's graceful stop. The
+// returned function stops the watch and waits for it.
+func (i *instance) watchStops() (stop func()) {
+	stopC, done := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(done)
+		t := time.NewTicker(100 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-stopC:
+				return
+			case <-t.C:
+			}
+			for _, st := range i.set.Status() {
+				if st.Restart == backends.MethodStopStart && (st.State == "draining" || st.State == "restarting") {
+					i.closeSwitched(st.Name)
+				}
+			}
+		}
+	}()
+	return func() {
+		close(stopC)
+		<-done
 	}
 }

@@ -6,11 +6,14 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/batonproxy/baton/backends/backendtest"
 	"github.com/batonproxy/baton/cmd/internal/control"
+	"github.com/batonproxy/baton/cmd/internal/soak"
 	"github.com/batonproxy/baton/internal/wstest"
 )
 
@@ -50,12 +53,7 @@ func tcpEcho(t *testing.T) int {
 // instead of waiting for it; a new WebSocket works afterwards.
 func TestWebSocketLighttpdRestart(t *testing.T) {
 	port := tcpEcho(t)
-	extra := fmt.Sprintf(`server.modules += ("mod_wstunnel")
-$HTTP["url"] =^ "/ws" {
-    wstunnel.server = ( "" => (( "host" => "127.0.0.1", "port" => %d )) )
-    wstunnel.frame-type = "text"
-}
-`, port)
+	extra := wstunnelConf(port)
 	lt := backendtest.StartT(t, backendtest.Lighttpd, backendtest.Options{Extra: extra})
 	b := startBaton(t, func(dir string) string {
 		return batonConfig(dir, "", restartable("web1", lt, "stop-start"))
@@ -138,4 +136,49 @@ func wantClose(t *testing.T, ws *wstest.Conn, code int, within time.Duration) {
 	if _, _, err := ws.Read(); !errors.Is(err, io.EOF) {
 		t.Errorf("after the close handshake: %v, want EOF", err)
 	}
+}
+
+// TestSoakWebSockets: `baton soak` with long-lived WebSocket probes (and
+// HTTPS over h2) through baton to a real lighttpd (mod_wstunnel) while
+// baton upgrades every 2 s and lighttpd is stop-started every 3 s: no
+// request fails, no message is lost on a connection that stays open, and
+// every connection that ends does so with a close frame.
+func TestSoakWebSockets(t *testing.T) {
+	port := tcpEcho(t)
+	lt := backendtest.StartT(t, backendtest.Lighttpd, backendtest.Options{Extra: wstunnelConf(port)})
+	var site *tlsSite
+	b := startBaton(t, func(dir string) string {
+		site = newTLSSite(t, dir)
+		return batonConfig(dir, "", restartable("web1", lt, "stop-start")) + tlsTOML
+	})
+	tport := b.tlsAddr()[len("127.0.0.2:"):]
+	figures := filepath.Join(t.TempDir(), "soak.json")
+	out, errOut, code := runBaton(t, "soak", "--target", "https://127.0.0.2:"+tport+"/", "--path", "/small.txt",
+		"--cacert", site.caPEM, "--h2", "--ws", "4", "--rate", "100", "--duration", "8s", "--socket", b.socket,
+		"--upgrade-every", "2s", "--restart-every", "3s", "--json", figures)
+	t.Logf("soak summary:\n%s", out)
+	if code != 0 {
+		t.Fatalf("soak: exit %d\n%s", code, errOut)
+	}
+	var rep soak.Report
+	raw, err := os.ReadFile(figures)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(raw, &rep); err != nil {
+		t.Fatalf("figures do not parse: %v", err)
+	}
+	ws := rep.WebSockets
+	if ws == nil || ws.Echoed < 100 || ws.Lost != 0 || len(ws.Unexpected) != 0 || ws.Closes["1012"] == 0 {
+		t.Errorf("WebSocket probes: %+v; want >= 100 echoed, none lost, no unexpected end, 1012 at the restarts", ws)
+	}
+}
+
+func wstunnelConf(port int) string {
+	return fmt.Sprintf(`server.modules += ("mod_wstunnel")
+$HTTP["url"] =^ "/ws" {
+    wstunnel.server = ( "" => (( "host" => "127.0.0.1", "port" => %d )) )
+    wstunnel.frame-type = "text"
+}
+`, port)
 }

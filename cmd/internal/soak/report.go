@@ -29,6 +29,7 @@ func (r *Report) WriteSummary(w io.Writer) {
 		fmt.Fprintf(tw, "  %s\t%d\n", k, r.ByKind[k])
 	}
 	tw.Flush()
+	r.WebSockets.writeSummary(w)
 	fmt.Fprintln(w)
 	tw = tabwriter.NewWriter(w, 2, 4, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "latency (ms)\trequests\tp50\tp90\tp99\tmax\t")

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"slices"
 	"strings"
 	"sync"
@@ -47,6 +48,9 @@ type Options struct {
 
 	TLS   *tls.Config // for https:// targets; nil: the system's roots
 	HTTP2 bool        // HTTP/2 to https:// targets (else HTTP/1.1)
+
+	WebSockets int    // long-lived WebSocket probes to WSPath on the first target's host
+	WSPath     string // an echo endpoint
 
 	Progress io.Writer // a line per second; nil for none
 }
@@ -108,11 +112,12 @@ type Report struct {
 	Events     []Event        `json:"events"`
 	Seconds    []Second       `json:"seconds"`
 	Failures   []Failure      `json:"failures,omitempty"` // the first 1000
+	WebSockets *WSProbes      `json:"websockets,omitempty"`
 }
 
 // Passed reports whether nothing failed: no request, no event.
 func (r *Report) Passed() bool {
-	if r.Failed > 0 {
+	if r.Failed > 0 || r.WebSockets.Failed() {
 		return false
 	}
 	for _, e := range r.Events {
@@ -172,6 +177,13 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	if (o.UpgradeEvery > 0 || o.RestartEvery > 0) && o.Socket == "" {
 		return nil, errors.New("soak: events need --socket (baton's control socket)")
 	}
+	var wsU *url.URL
+	if o.WebSockets > 0 {
+		var err error
+		if wsU, err = wsURL(o.Targets[0].URL, o.WSPath); err != nil {
+			return nil, err
+		}
+	}
 	restart := o.Restart
 	if o.RestartEvery > 0 && len(restart) == 0 {
 		var err error
@@ -223,6 +235,13 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 		go func() {
 			defer wg.Done()
 			progress(runCtx, o.Progress, r.Start, col, ev)
+		}()
+	}
+	if wsU != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r.WebSockets = runWSProbes(runCtx, wsU, o.WebSockets, o.TLS)
 		}()
 	}
 	go func() {
