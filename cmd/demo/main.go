@@ -30,7 +30,7 @@ func main() {
 func run() int {
 	baton := flag.String("baton", "bin/baton", "the baton `binary`")
 	duration := flag.Duration("duration", 30*time.Second, "how long the soak runs")
-	rate := flag.Int("rate", 200, "requests per second (1 in 11 a POST to a CGI script)")
+	rate := flag.Int("rate", 200, "requests per second (1 in 21 a POST to a CGI script; half the GETs over HTTPS)")
 	report := flag.String("report", "soak-report.html", "where to write the HTML report")
 	figures := flag.String("json", "soak.json", "where to write the raw figures")
 	keep := flag.Bool("keep", false, "keep the temporary directory (configs, logs)")
@@ -61,8 +61,8 @@ func run() int {
 		fmt.Fprintln(os.Stderr, "demo:", err)
 		return 1
 	}
-	fmt.Printf("\nbaton %s serves on http://%s/ in front of Apache (%s, restarted gracefully) and lighttpd (%s, restarted by stop-start)\n",
-		d.version(), d.addr, d.apache.URL, d.lighttpd.URL)
+	fmt.Printf("\nbaton %s serves on http://%s/ and https://%s/ (h2) in front of Apache (%s, restarted gracefully) and lighttpd (%s, restarted by stop-start)\n",
+		d.version(), d.addr, d.tlsAddr, d.apache.URL, d.lighttpd.URL)
 	fmt.Printf("soak: %d req/s of GET and POST for %s, baton upgraded every 5s, a backend restarted every 7s\n\n", *rate, *duration)
 
 	targets := filepath.Join(dir, "targets.txt")
@@ -72,12 +72,13 @@ func run() int {
 		return 1
 	}
 	base := "http://" + d.addr
-	// Mostly static GETs; every 11th request a POST to a CGI script (a
+	// Mostly static GETs, half of them over HTTPS (h2); every 21st request a POST to a CGI script (a
 	// fork and a shell per request: the two-core box this was sized on does
 	// a few dozen a second before queues, and latency, build up).
 	var t strings.Builder
 	for _, p := range []string{"small.txt", "index.html", "small.txt", "16k.bin", "small.txt", "index.html", "small.txt", "16k.bin", "small.txt", "small.txt"} {
 		fmt.Fprintf(&t, "GET %s/%s\n\n", base, p)
+		fmt.Fprintf(&t, "GET https://%s/%s\n\n", d.tlsAddr, p) // half the GETs over HTTPS (h2)
 	}
 	fmt.Fprintf(&t, "POST %s/cgi-bin/post.sh\nContent-Type: text/plain\nX-Request-Id: demo\n@%s\n", base, body)
 	if err := os.WriteFile(targets, []byte(t.String()), 0o644); err != nil {
@@ -86,7 +87,7 @@ func run() int {
 	}
 	soak := exec.CommandContext(ctx, bin, "soak", "--targets", targets, "--rate", strconv.Itoa(*rate),
 		"--duration", duration.String(), "--socket", d.socket, "--upgrade-every", "5s", "--restart-every", "7s",
-		"--report", *report, "--json", *figures, "--progress")
+		"--report", *report, "--json", *figures, "--progress", "--cacert", d.cert, "--h2")
 	soak.Stdout, soak.Stderr = os.Stdout, os.Stderr
 	err = soak.Run()
 	code := 0
@@ -115,7 +116,8 @@ type demo struct {
 	apache, lighttpd *backendtest.Server
 	baton            *exec.Cmd
 	cfg, socket      string
-	addr             string
+	addr, tlsAddr    string
+	cert             string // the HTTPS listener's self-signed certificate
 }
 
 func (d *demo) start(ctx context.Context) error {
@@ -136,6 +138,11 @@ func (d *demo) start(ctx context.Context) error {
 		}
 		return "[" + strings.Join(s, ", ") + "]"
 	}
+	cert, tlsSection, err := writeDemoCert(d.dir)
+	if err != nil {
+		return err
+	}
+	d.cert = cert
 	cfg := fmt.Sprintf(`# written by make demo
 [proxy]
 listen = ["127.0.0.1:0"]
@@ -165,7 +172,7 @@ pid_file = %q
 restart = "stop-start"
 start_command = %s
 health_interval = "500ms"
-`, d.apache.URL, d.apache.PIDFile, d.lighttpd.URL, d.lighttpd.PIDFile, q(d.lighttpd.StartCommand))
+`, d.apache.URL, d.apache.PIDFile, d.lighttpd.URL, d.lighttpd.PIDFile, q(d.lighttpd.StartCommand)) + tlsSection
 	if err := os.WriteFile(d.cfg, []byte(cfg), 0o644); err != nil {
 		return err
 	}
@@ -185,8 +192,8 @@ health_interval = "500ms"
 		cctx, cancel := context.WithTimeout(ctx, time.Second)
 		resp, err := control.Do(cctx, d.socket, control.Request{Cmd: control.CmdStatus})
 		cancel()
-		if err == nil && resp.Status != nil && len(resp.Status.Listeners) > 0 {
-			d.addr = resp.Status.Listeners[0]
+		if err == nil && resp.Status != nil && len(resp.Status.Listeners) > 1 {
+			d.addr, d.tlsAddr = resp.Status.Listeners[0], resp.Status.Listeners[1]
 			return nil
 		}
 		if time.Now().After(deadline) || ctx.Err() != nil {
