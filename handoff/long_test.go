@@ -202,3 +202,28 @@ func TestServerWebSocketBackendGone(t *testing.T) {
 	}
 	waitUntil(t, 2*time.Second, "no connections left", func() bool { return s.Connections() == 0 })
 }
+
+// TestServerFinalStopWebSocket: at a final stop (CloseIdle, no successor)
+// a WebSocket gets its close frame (1001) at once, not at the long
+// deadline.
+func TestServerFinalStopWebSocket(t *testing.T) {
+	s := proxied(t, time.Hour)
+	ws := dialWS(t, s)
+	echo(t, ws, "hello")
+	s.CloseIdle()
+	drained := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		drained <- s.Drain(ctx)
+	}()
+	wantClose(t, ws, handoff.CloseGoingAway, 2*time.Second)
+	select {
+	case err := <-drained:
+		if err != nil {
+			t.Errorf("Drain: %v, want nil (the WebSocket closed cleanly)", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Drain did not return after the WebSocket closed")
+	}
+}

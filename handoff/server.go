@@ -48,6 +48,7 @@ type Server struct {
 	CloseLinger      time.Duration // default DefaultCloseLinger
 
 	draining atomic.Bool
+	final    atomic.Bool // CloseIdle was called: no successor
 	srv      *http.Server
 	h2       *h2Server // nil without TLS and h2
 
@@ -285,10 +286,13 @@ func (s *Server) StopAccepting() {
 }
 
 // CloseIdle closes the keep-alive connections that are idle now, and makes
-// every later response close its connection. It is for a final stop, where
+// every later response close its connection. WebSockets get a close frame
+// (1001) as Drain begins, and long-lived connections no longer outlive
+// Drain's deadline. It is for a final stop, where
 // no successor will serve the clients anyway; an upgrade keeps idle
 // connections until their next request or the drain deadline instead.
 func (s *Server) CloseIdle() {
+	s.final.Store(true)
 	s.mu.Lock()
 	srv := s.srv
 	s.mu.Unlock()
@@ -315,13 +319,18 @@ func (s *Server) Drain(ctx context.Context) error {
 	if h2 != nil {
 		defer h2.close()
 	}
+	final := s.final.Load()
+	if final {
+		// No successor to move to: waiting helps no WebSocket client.
+		s.goAwayWebSockets()
+	}
 	select {
 	case <-idleC:
 		return nil
 	case <-ctx.Done():
 	}
 	closed := 0
-	if s.hasLong() && time.Now().Before(longDeadline) {
+	if !final && s.hasLong() && time.Now().Before(longDeadline) {
 		closed = s.closeShort()
 		t := time.NewTimer(time.Until(longDeadline))
 		select {
