@@ -353,6 +353,9 @@ func (r *restartRun) stopStart() (string, error) {
 		return "", err
 	}
 	r.res.OldPID = pid
+	if r.s.before != nil {
+		r.s.before(b.cfg.Name)
+	}
 	r.signaled = true
 	if err := syscall.Kill(pid, b.facts.GracefulStop); err != nil {
 		return "", fmt.Errorf("signal %s to pid %d: %w", sigName(b.facts.GracefulStop), pid, err)

@@ -25,6 +25,11 @@ type Options struct {
 	// OnRestart, if set, is called with the result of every restart this
 	// process ran (adopted ones included), once it has finished.
 	OnRestart func(RestartResult)
+	// BeforeStop, if set, is called with a backend's name after its drain
+	// and before a stop-start restart stops it: the moment to end what
+	// the drain does not wait for (WebSockets), cleanly, before the server
+	// goes.
+	BeforeStop func(backend string)
 }
 
 // Set is the configured backends: it picks one per request (round-robin
@@ -36,6 +41,7 @@ type Set struct {
 	table    *StateTable
 	log      *slog.Logger
 	runDir   string
+	before   func(string) // Options.BeforeStop
 	pid      int
 	gen      genID            // this process, for its in-flight entries; 0 if /proc could not tell
 	alive    func(genID) bool // genAlive; a test seam
@@ -70,6 +76,7 @@ func New(cfgs []Config, table *StateTable, opts Options) (*Set, error) {
 		pid:       os.Getpid(),
 		alive:     genAlive,
 		onRestart: opts.OnRestart,
+		before:    opts.BeforeStop,
 		changedC:  make(chan struct{}),
 		watchC:    make(chan struct{}, 1),
 	}

@@ -17,8 +17,16 @@
 // the new generation go (so it can upgrade again without waiting, see
 // releaseSuccessor); answer the next request on each keep-alive connection
 // with "Connection: close" instead of closing idle connections under the
-// clients' feet; at the drain deadline close whatever is left, hijacked
-// (Upgrade) connections included.
+// clients' feet; send each HTTP/2 connection a graceful GOAWAY and, a
+// moment later, the final one (h2.go); at the drain deadline close what is
+// left except long-lived connections (WebSockets and other hijacked
+// Upgrade connections, streaming responses), which may go on until the
+// long drain deadline, when WebSockets get a close frame (long.go).
+//
+// TLS: a Server with a TLSConfig terminates TLS itself. The session ticket
+// keys (TicketKeys) live in a memfd that every generation passes to the
+// next, so sessions resume across upgrades; only the serving generation
+// rotates them.
 //
 // Signals: SIGHUP upgrades (a SIGHUP during an upgrade joins it),
 // SIGTERM and SIGINT drain and stop. The package knows nothing of HTTP

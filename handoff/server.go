@@ -3,6 +3,7 @@ package handoff
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log"
@@ -38,15 +39,29 @@ type Server struct {
 	MaxHeaderBytes    int           // default DefaultMaxHeaderBytes
 	ErrorLog          *log.Logger   // net/http's own errors; nil: standard logger
 	Logger            *slog.Logger  // failed accepts, once per episode; nil discards
+	// TLSConfig, if set, makes Serve terminate TLS; HTTP/2 is served when
+	// its NextProtos offer "h2" (see h2.go for how it drains).
+	TLSConfig   *tls.Config
+	GoAwayDelay time.Duration // HTTP/2: graceful to final GOAWAY; default DefaultGoAwayDelay
+	// LongDrainTimeout bounds, from the start of Drain, how long
+	// WebSockets, other Upgrade connections and streaming responses stay
+	// open; the rest keep Drain's deadline. Default DefaultLongDrainTimeout.
+	LongDrainTimeout time.Duration
+	CloseLinger      time.Duration // default DefaultCloseLinger
 
 	draining atomic.Bool
+	final    atomic.Bool // CloseIdle was called: no successor
 	srv      *http.Server
+	h2       *h2Server // nil without TLS and h2
 
 	mu       sync.Mutex
 	ln       net.Listener
 	conns    int               // open, or hijacked by an Upgrade request still being served
 	upgraded map[net.Conn]bool // Upgrade requests being served; true once hijacked
-	idleC    chan struct{}     // closed when draining and nothing is left
+	ws       map[net.Conn]*wsConn
+	long     map[net.Conn]int      // streaming responses being served, per connection
+	all      map[net.Conn]struct{} // open and not hijacked
+	idleC    chan struct{}         // closed when draining and nothing is left
 	idleOnce sync.Once
 }
 
@@ -64,6 +79,9 @@ func (s *Server) Serve(ln net.Listener) error {
 	ln = KeepAccepting(ln, s.Logger, ln.Addr().String())
 	s.ln = ln
 	s.upgraded = map[net.Conn]bool{}
+	s.ws = map[net.Conn]*wsConn{}
+	s.long = map[net.Conn]int{}
+	s.all = map[net.Conn]struct{}{}
 	s.idleC = make(chan struct{})
 	s.srv = &http.Server{
 		Handler:           http.HandlerFunc(s.serveHTTP),
@@ -78,6 +96,10 @@ func (s *Server) Serve(ln net.Listener) error {
 	}
 	if s.srv.MaxHeaderBytes == 0 {
 		s.srv.MaxHeaderBytes = DefaultMaxHeaderBytes
+	}
+	if s.TLSConfig != nil {
+		s.serveTLSLocked()
+		ln = tls.NewListener(ln, s.TLSConfig)
 	}
 	srv := s.srv
 	s.mu.Unlock()
@@ -97,27 +119,34 @@ func orDefault(d, def time.Duration) time.Duration {
 
 func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	dw := drainWriters.Get().(*drainWriter)
-	dw.ResponseWriter, dw.s, dw.wrote = w, s, false
+	c, _ := r.Context().Value(connKey{}).(net.Conn)
+	*dw = drainWriter{ResponseWriter: w, s: s, conn: c}
 	defer func() {
-		dw.ResponseWriter, dw.s = nil, nil
+		if dw.long {
+			s.unmarkLong(c)
+		}
+		*dw = drainWriter{}
 		drainWriters.Put(dw)
 	}()
-	if r.Header.Get("Upgrade") != "" && httpguts.HeaderValuesContainsToken(r.Header["Connection"], "upgrade") {
-		if c, ok := r.Context().Value(connKey{}).(net.Conn); ok {
+	// HTTP/2 drains with GOAWAY; "Connection: close" would make the h2
+	// server send its final GOAWAY before the graceful one has arrived.
+	dw.h2 = r.ProtoMajor >= 2
+	if c != nil && r.Header.Get("Upgrade") != "" && httpguts.HeaderValuesContainsToken(r.Header["Connection"], "upgrade") {
+		dw.websocket = isWebSocket(r)
+		s.mu.Lock()
+		s.upgraded[c] = false
+		s.mu.Unlock()
+		defer func() {
 			s.mu.Lock()
-			s.upgraded[c] = false
+			if s.upgraded[c] {
+				// Hijacked: connState left it counted until now.
+				s.conns--
+			}
+			delete(s.upgraded, c)
+			delete(s.ws, c)
+			s.checkIdleLocked()
 			s.mu.Unlock()
-			defer func() {
-				s.mu.Lock()
-				if s.upgraded[c] {
-					// Hijacked: connState left it counted until now.
-					s.conns--
-				}
-				delete(s.upgraded, c)
-				s.checkIdleLocked()
-				s.mu.Unlock()
-			}()
-		}
+		}()
 	}
 	s.Handler.ServeHTTP(dw, r)
 }
@@ -127,8 +156,12 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 // starts closes its connection too. It is pooled: one per request in flight.
 type drainWriter struct {
 	http.ResponseWriter
-	s     *Server
-	wrote bool
+	s         *Server
+	conn      net.Conn // nil if unknown
+	wrote     bool
+	h2        bool
+	websocket bool // an Upgrade: websocket request
+	long      bool // counted in s.long: a streaming response
 }
 
 var drainWriters = sync.Pool{New: func() any { return new(drainWriter) }}
@@ -136,8 +169,11 @@ var drainWriters = sync.Pool{New: func() any { return new(drainWriter) }}
 func (w *drainWriter) WriteHeader(code int) {
 	if !w.wrote {
 		w.wrote = true
-		if w.s.draining.Load() && code >= 200 {
+		if w.s.draining.Load() && code >= 200 && !w.h2 {
 			w.ResponseWriter.Header().Set("Connection", "close")
+		}
+		if code >= 200 && isStream(w.ResponseWriter.Header()) {
+			w.markLong()
 		}
 	}
 	w.ResponseWriter.WriteHeader(code)
@@ -154,16 +190,36 @@ func (w *drainWriter) Write(p []byte) (int, error) {
 func (w *drainWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
 // Flush implements http.Flusher for handlers that assert it.
+// A response flushed before it is complete is a stream: it is long-lived.
 func (w *drainWriter) Flush() {
 	if !w.wrote {
 		w.WriteHeader(http.StatusOK)
 	}
+	w.markLong()
 	_ = http.NewResponseController(w.ResponseWriter).Flush()
 }
 
-// Hijack implements http.Hijacker for handlers that assert it.
+func (w *drainWriter) markLong() {
+	if !w.long && w.conn != nil {
+		w.long = true
+		w.s.markLong(w.conn)
+	}
+}
+
+// Hijack implements http.Hijacker for handlers that assert it. A
+// WebSocket's connection is wrapped so that baton can close it with a
+// close frame (see wsConn), and dropped when the client reads nothing for
+// IdleTimeout while there is something to send it.
 func (w *drainWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
-	return http.NewResponseController(w.ResponseWriter).Hijack()
+	c, brw, err := http.NewResponseController(w.ResponseWriter).Hijack()
+	if err != nil || !w.websocket {
+		return c, brw, err
+	}
+	ws, brw := hijackWS(c, brw, orDefault(w.s.CloseLinger, DefaultCloseLinger), orDefault(w.s.IdleTimeout, DefaultIdleTimeout))
+	w.s.mu.Lock()
+	w.s.ws[w.conn] = ws
+	w.s.mu.Unlock()
+	return ws, brw, nil
 }
 
 func (s *Server) connState(c net.Conn, st http.ConnState) {
@@ -171,9 +227,11 @@ func (s *Server) connState(c net.Conn, st http.ConnState) {
 	case http.StateNew:
 		s.mu.Lock()
 		s.conns++
+		s.all[c] = struct{}{}
 		s.mu.Unlock()
 	case http.StateHijacked:
 		s.mu.Lock()
+		delete(s.all, c)
 		if _, ok := s.upgraded[c]; ok {
 			// Counted until its handler returns, then closed at the
 			// deadline if it has not.
@@ -185,6 +243,7 @@ func (s *Server) connState(c net.Conn, st http.ConnState) {
 		s.mu.Unlock()
 	case http.StateClosed:
 		s.mu.Lock()
+		delete(s.all, c)
 		s.conns--
 		s.checkIdleLocked()
 		s.mu.Unlock()
@@ -226,13 +285,19 @@ func (s *Server) StopAccepting() {
 	if s.idleC != nil {
 		s.checkIdleLocked()
 	}
+	if s.h2 != nil {
+		s.h2.drain()
+	}
 }
 
 // CloseIdle closes the keep-alive connections that are idle now, and makes
-// every later response close its connection. It is for a final stop, where
+// every later response close its connection. WebSockets get a close frame
+// (1001) as Drain begins, and long-lived connections no longer outlive
+// Drain's deadline. It is for a final stop, where
 // no successor will serve the clients anyway; an upgrade keeps idle
 // connections until their next request or the drain deadline instead.
 func (s *Server) CloseIdle() {
+	s.final.Store(true)
 	s.mu.Lock()
 	srv := s.srv
 	s.mu.Unlock()
@@ -242,23 +307,55 @@ func (s *Server) CloseIdle() {
 }
 
 // Drain waits until every connection has closed. When ctx ends first it
-// closes what is left, idle keep-alive and hijacked connections included,
-// and says how many.
+// closes what is left, idle keep-alive connections included, except
+// long-lived ones (WebSockets and other Upgrade connections, streaming
+// responses): those may go on until LongDrainTimeout after Drain began,
+// when WebSockets get a close frame (1001) and the rest is closed. It
+// says how many connections it closed.
 func (s *Server) Drain(ctx context.Context) error {
+	longDeadline := time.Now().Add(orDefault(s.LongDrainTimeout, DefaultLongDrainTimeout))
 	s.StopAccepting()
 	s.mu.Lock()
-	srv, idleC := s.srv, s.idleC
+	srv, idleC, h2 := s.srv, s.idleC, s.h2
 	s.mu.Unlock()
 	if srv == nil {
 		return nil
+	}
+	if h2 != nil {
+		defer h2.close()
+	}
+	final := s.final.Load()
+	if final {
+		// No successor to move to: waiting helps no WebSocket client.
+		s.goAwayWebSockets()
 	}
 	select {
 	case <-idleC:
 		return nil
 	case <-ctx.Done():
 	}
+	closed := 0
+	if !final && s.hasLong() && time.Now().Before(longDeadline) {
+		closed = s.closeShort()
+		t := time.NewTimer(time.Until(longDeadline))
+		select {
+		case <-idleC:
+			t.Stop()
+			return s.deadlineError(closed)
+		case <-t.C:
+		}
+		if s.goAwayWebSockets() {
+			t := time.NewTimer(orDefault(s.CloseLinger, DefaultCloseLinger))
+			select {
+			case <-idleC:
+				t.Stop()
+				return s.deadlineError(closed)
+			case <-t.C:
+			}
+		}
+	}
 	s.mu.Lock()
-	n := s.conns
+	closed += s.conns
 	for c, hijacked := range s.upgraded {
 		if hijacked {
 			_ = c.Close()
@@ -266,10 +363,65 @@ func (s *Server) Drain(ctx context.Context) error {
 	}
 	s.mu.Unlock()
 	_ = srv.Close()
-	if n == 0 {
+	return s.deadlineError(closed)
+}
+
+func (s *Server) deadlineError(closed int) error {
+	if closed == 0 {
 		return nil
 	}
-	return &DeadlineError{Addr: s.ln.Addr().String(), Closed: n}
+	return &DeadlineError{Addr: s.ln.Addr().String(), Closed: closed}
+}
+
+// hasLong reports whether a long-lived connection is open: a streaming
+// response or a hijacked Upgrade (one still waiting for its answer is not).
+func (s *Server) hasLong() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, hijacked := range s.upgraded {
+		if hijacked {
+			return true
+		}
+	}
+	return len(s.long) > 0
+}
+
+// closeShort closes the connections that are not long-lived and says how
+// many.
+func (s *Server) closeShort() int {
+	s.mu.Lock()
+	var short []net.Conn
+	for c := range s.all {
+		if s.long[c] == 0 {
+			short = append(short, c)
+		}
+	}
+	s.mu.Unlock()
+	for _, c := range short {
+		_ = c.Close()
+	}
+	return len(short)
+}
+
+// goAwayWebSockets sends every WebSocket a close frame (1001), at once,
+// and reports whether there were any.
+func (s *Server) goAwayWebSockets() bool {
+	s.mu.Lock()
+	ws := make([]*wsConn, 0, len(s.ws))
+	for _, w := range s.ws {
+		ws = append(ws, w)
+	}
+	s.mu.Unlock()
+	var wg sync.WaitGroup
+	for _, w := range ws {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			w.goAway(CloseGoingAway)
+		}()
+	}
+	wg.Wait()
+	return len(ws) > 0
 }
 
 // DeadlineError reports connections closed at the drain deadline.

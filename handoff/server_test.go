@@ -304,6 +304,7 @@ func TestServerDrainUpgraded(t *testing.T) {
 	waitUntil(t, 2*time.Second, "upgraded connection counted once", func() bool { return s.Connections() == 1 })
 
 	const deadline = 300 * time.Millisecond
+	s.LongDrainTimeout = deadline // no longer than the others here
 	ctx, cancel := context.WithTimeout(context.Background(), deadline)
 	defer cancel()
 	start := time.Now()

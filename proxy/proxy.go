@@ -68,6 +68,8 @@ type Handler struct {
 	epCount   int64
 	epLongest time.Duration
 	lastHold  atomic.Pointer[HoldEpisode]
+
+	sw switched // 101 connections to backends, by upstream
 }
 
 // New returns a Handler over pool.
@@ -234,6 +236,9 @@ func (h *Handler) roundTrip(req *http.Request) (*http.Response, error) {
 		}
 		if err == nil {
 			resp.Body = wrapDone(resp.Body, up, rw, up.Name())
+			if d, ok := resp.Body.(*doneRWC); ok {
+				h.sw.track(up.Name(), d)
+			}
 			return resp, nil
 		}
 		if cerr := body.clientErr(); cerr != nil {
@@ -460,7 +465,11 @@ func (b *heldBody) Close() error { return nil }
 func wrapDone(body io.ReadCloser, up Upstream, rw *respWriter, name string) io.ReadCloser {
 	d := &doneBody{ReadCloser: body, up: up, rw: rw, name: name}
 	if rwc, ok := body.(io.ReadWriteCloser); ok {
-		// A 101 Switching Protocols body is the connection itself.
+		// A 101 Switching Protocols body is the connection itself. A
+		// WebSocket is not a request in flight: counting it would hold a
+		// backend's drain (before a restart) for as long as it lives, while
+		// a graceful restart keeps it open anyway.
+		d.once.Do(func() { up.Done(nil) })
 		return &doneRWC{doneBody: d, w: rwc}
 	}
 	return d
@@ -502,7 +511,16 @@ func (d *doneBody) Close() error {
 
 type doneRWC struct {
 	*doneBody
-	w io.Writer
+	w       io.Writer
+	untrack func() // set by switched.track
+}
+
+func (d *doneRWC) Close() error {
+	err := d.doneBody.Close()
+	if d.untrack != nil {
+		d.untrack()
+	}
+	return err
 }
 
 func (d *doneRWC) Write(p []byte) (int, error) { return d.w.Write(p) }

@@ -40,7 +40,11 @@ func cmdCheck(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "%v\n", err)
 		return 1
 	}
-	fmt.Fprintf(stdout, "%s: ok (%d listener(s), %d backend(s))\n", *cfgPath, len(cfg.Listen), len(cfg.Backends))
+	n := len(cfg.Listen)
+	for _, t := range cfg.TLS {
+		n += len(t.Listen)
+	}
+	fmt.Fprintf(stdout, "%s: ok (%d listener(s), %d backend(s))\n", *cfgPath, n, len(cfg.Backends))
 	return 0
 }
 
@@ -62,16 +66,26 @@ func checkRuntime(cfg *config.Config) error {
 		}
 	}
 	held := runningListeners(cfg)
+	type listen struct{ key, addr string }
+	var all []listen
 	for n, addr := range cfg.Listen {
-		ln, err := net.Listen("tcp", addr)
+		all = append(all, listen{fmt.Sprintf("proxy.listen[%d]", n), addr})
+	}
+	for n, t := range cfg.TLS {
+		for m, addr := range t.Listen {
+			all = append(all, listen{fmt.Sprintf("tls[%d].listen[%d]", n, m), addr})
+		}
+	}
+	for _, l := range all {
+		ln, err := net.Listen("tcp", l.addr)
 		if err == nil {
 			ln.Close()
 			continue
 		}
-		if errors.Is(err, syscall.EADDRINUSE) && held[addr] {
+		if errors.Is(err, syscall.EADDRINUSE) && held[l.addr] {
 			continue // the running baton holds it and hands it on
 		}
-		return &config.Error{File: cfg.Path, Key: fmt.Sprintf("proxy.listen[%d]", n), Err: err}
+		return &config.Error{File: cfg.Path, Key: l.key, Err: err}
 	}
 	if a := cfg.Admin.Listen; a != "" {
 		ln, err := net.Listen("tcp", a)

@@ -62,6 +62,7 @@ type instance struct {
 	set     *backends.Set
 	px      *proxy.Handler
 	servers []server
+	tickets *handoff.TicketKeys // TLS session ticket keys; nil without TLS
 	ctl     *control.Server
 	addrs   []string // actual listen addresses
 
@@ -170,7 +171,8 @@ func (i *instance) start() error {
 	if err := h.AddFile(stateFile, i.table.File()); err != nil {
 		return err
 	}
-	i.set, err = backends.New(cfg.Backends, i.table, backends.Options{Logger: i.log, RunDir: cfg.RunDir, OnRestart: i.recordRestart})
+	i.set, err = backends.New(cfg.Backends, i.table, backends.Options{Logger: i.log, RunDir: cfg.RunDir,
+		OnRestart: i.recordRestart, BeforeStop: i.closeSwitched})
 	if err != nil {
 		return err
 	}
@@ -231,6 +233,7 @@ func (i *instance) start() error {
 				ReadHeaderTimeout: cfg.Server.ReadHeaderTimeout,
 				IdleTimeout:       cfg.Server.IdleTimeout,
 				MaxHeaderBytes:    cfg.Server.MaxHeaderBytes,
+				LongDrainTimeout:  cfg.Server.LongDrainTimeout,
 				ErrorLog:          errLog,
 				Logger:            i.log,
 			}
@@ -244,6 +247,9 @@ func (i *instance) start() error {
 				i.log.Error("serve", "addr", addr, "err", err)
 			}
 		}()
+	}
+	if err := i.startTLS(errLog); err != nil {
+		return err
 	}
 	if cfg.ControlSocket != "" {
 		ln, err := h.Listen("unix", cfg.ControlSocket)
@@ -294,6 +300,7 @@ func (i *instance) warnBackends() {
 
 // runBackground starts health checks and signal handling until ctx ends.
 func (i *instance) runBackground(ctx context.Context) {
+	i.runTickets(ctx)
 	i.bg.Add(2)
 	go func() {
 		defer i.bg.Done()
@@ -361,7 +368,9 @@ func (i *instance) shutdown() int {
 		drainers = append(drainers, i.ctl)
 	}
 	t := time.Now()
+	stopWatch := i.watchStops()
 	err := i.h.Shutdown(drainers...)
+	stopWatch()
 	var me *multierror.Error
 	if errors.As(err, &me) {
 		for _, e := range me.Errors {

@@ -70,6 +70,11 @@ func cmdSoak(args []string, stdout, stderr io.Writer) int {
 		outputPath   = fs.String("output", "", "write every result to `file` in vegeta's encoding (vegeta report, vegeta plot); a direct run goes to FILE with .direct before its extension")
 		junitPath    = fs.String("junit", "", "write a JUnit XML report to `file`: a test case per criterion and per event")
 		progress     = fs.Bool("progress", false, "print a progress line every second even if stderr is not a terminal")
+		caCert       = fs.String("cacert", "", "trust the CA certificates in PEM `file` for https:// targets")
+		insecure     = fs.Bool("insecure", false, "do not verify https:// targets' certificates")
+		h2           = fs.Bool("h2", false, "speak HTTP/2 to https:// targets")
+		wsProbes     = fs.Int("ws", 0, "keep `N` WebSocket probes open to --ws-path (an echo endpoint) on the target's host")
+		wsPath       = fs.String("ws-path", "/ws", "path of the WebSocket echo endpoint for --ws")
 	)
 	fs.Var(&paths, "path", "path to request under --target (repeatable)")
 	fs.Var(&restart, "restart", "backend `name` to restart (repeatable; default: every restartable one, in turn)")
@@ -143,6 +148,12 @@ func cmdSoak(args []string, stdout, stderr io.Writer) int {
 		}
 	}
 	opts.Socket = *socket
+	opts.HTTP2, opts.WebSockets, opts.WSPath = *h2, *wsProbes, *wsPath
+	if tlsCfg, err := soakTLS(*caCert, *insecure); err != nil {
+		return fail(2, err)
+	} else if tlsCfg != nil {
+		opts.TLS = tlsCfg
+	}
 	if *progress || isTerminal(os.Stderr) {
 		opts.Progress = stderr
 	}

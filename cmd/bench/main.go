@@ -105,9 +105,13 @@ func runBench(ctx context.Context, opts options, tl tools, stdout, stderr io.Wri
 	if ctx.Err() != nil {
 		return 1
 	}
+	tlsRes := b.measureTLS(ctx)
+	if ctx.Err() != nil {
+		return 1
+	}
 	logs := b.batonLogSummary()
 	info := collectMachineInfo(ctx, tl, opts.baton)
-	md := renderReport(info, opts, matrix, upg, logs, time.Since(started))
+	md := renderReport(info, opts, matrix, upg, logs, time.Since(started)) + renderTLS(tlsRes, opts)
 
 	fmt.Fprint(stdout, md)
 	code := 0
@@ -117,7 +121,7 @@ func runBench(ctx context.Context, opts options, tl tools, stdout, stderr io.Wri
 			code = 1
 		}
 	}
-	if matrix.failed() || upg.failed() {
+	if matrix.failed() || upg.failed() || tlsRes.failed() {
 		fmt.Fprintln(stderr, "bench: some measurements failed; see the report")
 		code = 1
 	}

@@ -32,7 +32,7 @@ func main() {
 func run() int {
 	baton := flag.String("baton", "bin/baton", "the baton `binary`")
 	duration := flag.Duration("duration", 30*time.Second, "how long each of the two runs lasts")
-	rate := flag.Int("rate", 200, "requests per second (1 in 11 a POST to a CGI script)")
+	rate := flag.Int("rate", 200, "requests per second (1 in 21 a POST to a CGI script; half the GETs over HTTPS through baton)")
 	report := flag.String("report", "soak-report.html", "where to write the HTML report")
 	figures := flag.String("json", "soak.json", "where to write the raw figures")
 	junit := flag.String("junit", "soak-junit.xml", "where to write the JUnit report")
@@ -64,8 +64,8 @@ func run() int {
 		fmt.Fprintln(os.Stderr, "demo:", err)
 		return 1
 	}
-	fmt.Printf("\nbaton %s serves on http://%s/ in front of Apache (%s, restarted gracefully) and lighttpd (%s, restarted by stop-start)\n",
-		d.version(), d.addr, d.apache.URL, d.lighttpd.URL)
+	fmt.Printf("\nbaton %s serves on http://%s/ and https://%s/ (h2) in front of Apache (%s, restarted gracefully) and lighttpd (%s, restarted by stop-start)\n",
+		d.version(), d.addr, d.tlsAddr, d.apache.URL, d.lighttpd.URL)
 	fmt.Printf("two runs of %s each at %d req/s of GET and POST, with the same events: baton upgrades, backend restarts,\n"+
 		"a config deploy. First straight to the servers (no baton), then through baton.\n\n", *duration, *rate)
 
@@ -77,7 +77,7 @@ func run() int {
 	// Ctrl-C reaches soak too (same process group); it stops the load,
 	// finishes the events under way and writes the reports, so wait for it.
 	soak := exec.CommandContext(ctx, bin, "soak", "--scenario", scenario, "--config", d.cfg,
-		"--report", *report, "--json", *figures, "--junit", *junit, "--progress")
+		"--report", *report, "--json", *figures, "--junit", *junit, "--progress", "--cacert", d.cert, "--h2")
 	soak.Cancel = func() error { return soak.Process.Signal(os.Interrupt) }
 	soak.WaitDelay = 2 * time.Minute
 	soak.Stdout, soak.Stderr = os.Stdout, os.Stderr
@@ -104,8 +104,8 @@ func run() int {
 	return code
 }
 
-// writeScenario writes the demo's soak: the targets (mostly static GETs;
-// every 11th request a POST to a CGI script, a fork and a shell per
+// writeScenario writes the demo's soak: the targets (mostly static GETs,
+// half of them over HTTPS; every 21st request a POST to a CGI script, a fork and a shell per
 // request: the two-core box this was sized on does a few dozen a second
 // before queues, and latency, build up) and the events, spread over d.
 func (d *demo) writeScenario(dur time.Duration, rate int) (string, error) {
@@ -117,6 +117,9 @@ func (d *demo) writeScenario(dur time.Duration, rate int) (string, error) {
 	var t strings.Builder
 	for _, p := range []string{"small.txt", "index.html", "small.txt", "16k.bin", "small.txt", "index.html", "small.txt", "16k.bin", "small.txt", "small.txt"} {
 		fmt.Fprintf(&t, "GET %s/%s\n\n", base, p)
+		// Through baton, half the GETs go over HTTPS (h2); straight to the
+		// servers (which speak plain HTTP) they become plain GETs too.
+		fmt.Fprintf(&t, "GET https://%s/%s\n\n", d.tlsAddr, p)
 	}
 	fmt.Fprintf(&t, "POST %s/cgi-bin/post.sh\nContent-Type: text/plain\nX-Request-Id: demo\n@%s\n", base, body)
 	targets := filepath.Join(d.dir, "targets.txt")
@@ -185,6 +188,7 @@ type demo struct {
 	baton            *exec.Cmd
 	cfg, socket      string
 	addr             string
+	tlsAddr, cert    string // where baton serves HTTPS (h2), and the certificate to trust
 }
 
 func (d *demo) start(ctx context.Context) error {
@@ -198,6 +202,11 @@ func (d *demo) start(ctx context.Context) error {
 	}
 	d.cfg = filepath.Join(d.dir, "baton.toml")
 	d.socket = filepath.Join(d.dir, "run", "baton.sock")
+	cert, tlsSection, err := writeDemoCert(d.dir)
+	if err != nil {
+		return err
+	}
+	d.cert = cert
 	cfg := fmt.Sprintf(`# written by make demo
 [proxy]
 listen = ["127.0.0.1:0"]
@@ -227,7 +236,7 @@ pid_file = %q
 restart = "stop-start"
 start_command = %s
 health_interval = "500ms"
-`, d.apache.URL, d.apache.PIDFile, d.lighttpd.URL, d.lighttpd.PIDFile, q(d.lighttpd.StartCommand))
+%s`, d.apache.URL, d.apache.PIDFile, d.lighttpd.URL, d.lighttpd.PIDFile, q(d.lighttpd.StartCommand), tlsSection)
 	if err := os.WriteFile(d.cfg, []byte(cfg), 0o644); err != nil {
 		return err
 	}
@@ -247,8 +256,14 @@ health_interval = "500ms"
 		cctx, cancel := context.WithTimeout(ctx, time.Second)
 		resp, err := control.Do(cctx, d.socket, control.Request{Cmd: control.CmdStatus})
 		cancel()
-		if err == nil && resp.Status != nil && len(resp.Status.Listeners) > 0 {
-			d.addr = resp.Status.Listeners[0]
+		if err == nil && resp.Status != nil && len(resp.Status.Listeners) > 1 {
+			for _, a := range resp.Status.Listeners {
+				if strings.HasPrefix(a, "127.0.0.2:") {
+					d.tlsAddr = a
+				} else {
+					d.addr = a
+				}
+			}
 			return nil
 		}
 		if time.Now().After(deadline) || ctx.Err() != nil {

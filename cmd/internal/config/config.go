@@ -27,6 +27,7 @@ import (
 type Config struct {
 	Path          string // absolute path of the file it came from
 	Listen        []string
+	TLS           []TLS // [[tls]] sections, certificates loaded
 	Server        ServerLimits
 	Handoff       handoff.Options
 	Proxy         proxy.Config
@@ -78,7 +79,8 @@ type ServerLimits struct {
 	MaxHeaderBytes    int
 	// MaxConns bounds open client connections per listener (epoll engine;
 	// accepting pauses at the bound); 0: none.
-	MaxConns int
+	MaxConns         int
+	LongDrainTimeout time.Duration // WebSockets, event streams: see handoff.Server
 }
 
 // Error is a configuration error: file, key (may be empty), reason.
@@ -100,6 +102,7 @@ func (e *Error) Unwrap() error { return e.Err }
 type fileProxy struct {
 	Listen            []string `toml:"listen"`
 	DrainTimeout      string   `toml:"drain_timeout"`
+	LongDrainTimeout  string   `toml:"long_drain_timeout"`
 	HoldTimeout       string   `toml:"hold_timeout"`
 	MaxHeld           *int     `toml:"max_held"`
 	MaxAttempts       *int     `toml:"max_attempts"`
@@ -162,6 +165,7 @@ type file struct {
 	Log     fileLog       `toml:"log"`
 	Admin   fileAdmin     `toml:"admin"`
 	Backend []fileBackend `toml:"backend"`
+	TLS     []fileTLS     `toml:"tls"`
 }
 
 var decodeErrRE = regexp.MustCompile(`^toml: line (\d+) \(last key "([^"]+)"\): (.*)$`)
@@ -260,7 +264,7 @@ func positive(key string, v *int, dst *int) error {
 func build(f *file, dir string) (*Config, error) {
 	c := &Config{LogLevel: slog.LevelInfo, LogFormat: "text"}
 
-	if len(f.Proxy.Listen) == 0 {
+	if len(f.Proxy.Listen) == 0 && len(f.TLS) == 0 {
 		return nil, errAt("proxy.listen", "no listen address (want e.g. [\"127.0.0.1:8080\"])")
 	}
 	seen := map[string]bool{}
@@ -275,14 +279,18 @@ func build(f *file, dir string) (*Config, error) {
 		seen[a] = true
 	}
 	c.Listen = f.Proxy.Listen
-
 	var err error
+	if c.TLS, err = buildTLS(f.TLS, dir, seen, time.Now()); err != nil {
+		return nil, err
+	}
+
 	try := func(e error) {
 		if err == nil {
 			err = e
 		}
 	}
 	try(duration("proxy.drain_timeout", f.Proxy.DrainTimeout, &c.Handoff.DrainTimeout))
+	try(duration("proxy.long_drain_timeout", f.Proxy.LongDrainTimeout, &c.Server.LongDrainTimeout))
 	try(duration("proxy.hold_timeout", f.Proxy.HoldTimeout, &c.Proxy.HoldTimeout))
 	try(positive("proxy.max_held", f.Proxy.MaxHeld, &c.Proxy.MaxHeld))
 	try(positive("proxy.max_attempts", f.Proxy.MaxAttempts, &c.Proxy.MaxAttempts))
@@ -316,6 +324,9 @@ func build(f *file, dir string) (*Config, error) {
 	}
 	if c.Handoff.DrainTimeout == 0 {
 		c.Handoff.DrainTimeout = handoff.DefaultDrainTimeout
+	}
+	if l := c.Server.LongDrainTimeout; l != 0 && l < c.Handoff.DrainTimeout {
+		return nil, errAt("proxy.long_drain_timeout", "%s is shorter than drain_timeout (%s)", l, c.Handoff.DrainTimeout)
 	}
 	c.Handoff.PIDFile = under(dir, f.Control.PIDFile)
 	c.ControlSocket = under(dir, f.Control.Socket)

@@ -90,6 +90,7 @@ func (r *Report) writeRun(w io.Writer) {
 		fmt.Fprintf(tw, "held by baton\t%d requests, longest %s, %d hold timeouts\n", r.Hold.Held, r.Hold.Max.Round(time.Millisecond), r.Hold.Timeouts)
 	}
 	tw.Flush()
+	r.WebSockets.writeSummary(w)
 	fmt.Fprintln(w)
 	tw = tabwriter.NewWriter(w, 2, 4, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "latency (ms)\trequests\tp50\tp90\tp99\tmax\t")

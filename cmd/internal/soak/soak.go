@@ -13,11 +13,13 @@ package soak
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"strings"
 	"sync"
 	"syscall"
@@ -81,6 +83,12 @@ type Options struct {
 	// targets already point at the servers and events are done to them
 	// the way one would without baton (see EventSpec).
 	Mode string
+
+	TLS   *tls.Config // for https:// targets; nil: the system's roots
+	HTTP2 bool        // HTTP/2 to https:// targets (else HTTP/1.1)
+
+	WebSockets int    // long-lived WebSocket probes to WSPath on the first target's host
+	WSPath     string // an echo endpoint
 
 	Output   io.Writer // every result in vegeta's encoding; nil for none
 	Progress io.Writer // a line per second; nil for none
@@ -186,6 +194,7 @@ type Report struct {
 	Seconds     []Second       `json:"seconds"`
 	Failures    []Failure      `json:"failures,omitempty"` // the first 1000
 	MaxRSS      int64          `json:"soak_max_rss_bytes"` // the soak process's peak resident memory
+	WebSockets  *WSProbes      `json:"websockets,omitempty"`
 	// Direct is the same soak straight to the servers, without baton
 	// (--compare-direct), run first.
 	Direct *Report `json:"direct,omitempty"`
@@ -193,6 +202,9 @@ type Report struct {
 
 // Passed reports whether every criterion held and no event failed.
 func (r *Report) Passed() bool {
+	if r.WebSockets.Failed() {
+		return false
+	}
 	for _, c := range r.Criteria {
 		if !c.OK {
 			return false
@@ -339,7 +351,18 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	} else {
 		opts = append(opts, vegeta.MaxWorkers(uint64(o.MaxWorkers)))
 	}
+	if o.TLS != nil {
+		opts = append(opts, vegeta.TLSConfig(o.TLS))
+	}
+	opts = append(opts, vegeta.HTTP2(o.HTTP2)) // after TLSConfig: it adds h2 to its ALPN
 	attacker := vegeta.NewAttacker(opts...)
+	var wsU *url.URL
+	if o.WebSockets > 0 && len(o.Targets) > 0 {
+		var err error
+		if wsU, err = wsURL(o.Targets[0].URL, o.WSPath); err != nil {
+			return nil, err
+		}
+	}
 
 	r := &Report{Schema: SchemaVersion, Mode: o.Mode, Rate: o.Rate, RampTo: o.RampTo, Workers: o.Workers,
 		Start: time.Now(), ByKind: map[string]int{}}
@@ -385,6 +408,13 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 		go func() {
 			defer wg.Done()
 			holds.watch(runCtx)
+		}()
+	}
+	if wsU != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r.WebSockets = runWSProbes(runCtx, wsU, o.WebSockets, o.TLS)
 		}()
 	}
 	if o.Progress != nil {
