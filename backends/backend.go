@@ -36,6 +36,9 @@ type Backend struct {
 	seenEpoch atomic.Uint64
 	lastErr   atomic.Pointer[string] // last health or connection error, for status
 	kickC     chan struct{}          // asks the health loop for a check now
+	statusOK  func(int) bool // health_status
+	turns     atomic.Uint64          // round-robin turns seen during a slow start
+	lastCheck atomic.Pointer[CheckResult]
 }
 
 func newBackend(cfg Config, slot *stateSlot, set *Set) *Backend {
@@ -74,7 +77,7 @@ func newBackend(cfg Config, slot *stateSlot, set *Set) *Backend {
 	probeT := fresh.Clone()
 	probeT.DialContext = proxy.ReadTimeoutDialer(dial, cfg.ReadTimeout)
 	b := &Backend{cfg: cfg, facts: facts, addr: addr, slot: slot, set: set, pooled: pooled, fresh: fresh, probeT: probeT,
-		gate: gate, dial: dial, kickC: make(chan struct{}, 1)}
+		gate: gate, dial: dial, kickC: make(chan struct{}, 1), statusOK: statusMatcher(cfg.HealthStatus)}
 	b.seenEpoch.Store(atomic.LoadUint64(&slot.epoch))
 	return b
 }
@@ -106,6 +109,7 @@ func (b *Backend) Transport(replayable bool) http.RoundTripper {
 // failure or success for passive health.
 func (b *Backend) Done(err error) {
 	b.release()
+	b.set.dispatch()
 	if err == nil {
 		b.fails.Store(0)
 		return
@@ -121,8 +125,10 @@ func (b *Backend) Done(err error) {
 // still routable after counting it. Counting first and checking second is
 // what makes a drain safe: a drainer sets the phase and then waits for the
 // count to reach zero, so either the drainer sees this request or this
-// request sees the phase.
-func (b *Backend) acquire() bool {
+// request sees the phase. It is what makes max_conns hold across
+// generations too: of two processes counting the last free place at
+// once, at least one sees the count over the limit and takes it back.
+func (b *Backend) acquire(now time.Time) bool {
 	b.inflight.Add(1)
 	// The global count goes up first and down last: a reclaimer subtracts
 	// what the entry holds from the global count, so if this process dies
@@ -134,6 +140,10 @@ func (b *Backend) acquire() bool {
 		atomic.AddInt64(&b.gen.count, 1)
 	}
 	if !b.slot.load().routable() {
+		b.release()
+		return false
+	}
+	if lim := b.limit(now); lim > 0 && atomic.LoadInt64(&b.slot.inflight) > lim {
 		b.release()
 		return false
 	}
@@ -174,7 +184,7 @@ func (b *Backend) noteHealthy() {
 	})
 	if old != new {
 		b.set.logf("backend up", "backend", b.cfg.Name)
-		b.set.broadcast()
+		b.set.wake()
 	}
 }
 

@@ -160,7 +160,7 @@ func (i *instance) start() error {
 	if err := h.AddFile(stateFile, i.table.File()); err != nil {
 		return err
 	}
-	i.set, err = backends.New(cfg.Backends, i.table, backends.Options{Logger: i.log, RunDir: cfg.RunDir, OnRestart: i.recordRestart})
+	i.set, err = backends.New(cfg.Backends, i.table, backends.Options{Logger: i.log, RunDir: cfg.RunDir, OnRestart: i.recordRestart, Balance: cfg.Balance})
 	if err != nil {
 		return err
 	}
