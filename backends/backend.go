@@ -36,7 +36,7 @@ type Backend struct {
 	seenEpoch atomic.Uint64
 	lastErr   atomic.Pointer[string] // last health or connection error, for status
 	kickC     chan struct{}          // asks the health loop for a check now
-	statusOK  func(int) bool // health_status
+	statusOK  func(int) bool         // health_status
 	turns     atomic.Uint64          // round-robin turns seen during a slow start
 	lastCheck atomic.Pointer[CheckResult]
 }

@@ -301,4 +301,3 @@ func (b *Backend) skipForRamp(now time.Time) bool {
 	t := float64(b.turns.Add(1))
 	return math.Floor(t*f) == math.Floor((t-1)*f)
 }
-

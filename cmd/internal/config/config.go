@@ -37,9 +37,9 @@ type Config struct {
 	RunDir         string
 	Backends       []backends.Config
 	// Balance spreads requests over the backends ([proxy] balance).
-	Balance backends.Balance
-	LogLevel       slog.Level
-	LogFormat      string // text or json
+	Balance   backends.Balance
+	LogLevel  slog.Level
+	LogFormat string // text or json
 	// Threads caps the OS threads running Go code (GOMAXPROCS); 0 leaves
 	// Go's default, one per CPU.
 	Threads int
