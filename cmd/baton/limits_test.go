@@ -1,0 +1,175 @@
+package main
+
+import (
+	"context"
+	"io"
+	"net/http"
+	"os"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/batonproxy/baton/backends/backendtest"
+)
+
+// apacheWorkers makes Apache's mpm_event run at most workers request
+// workers, in one child.
+func apacheWorkers(workers int) string {
+	n := strconv.Itoa(workers)
+	return "StartServers 1\nServerLimit 1\nThreadLimit " + n + "\nThreadsPerChild " + n +
+		"\nMaxRequestWorkers " + n + "\nMinSpareThreads 1\nMaxSpareThreads " + n + "\n"
+}
+
+var (
+	busyRE = regexp.MustCompile(`(?m)^BusyWorkers: (\d+)`)
+)
+
+// slowRunning counts the workers of Apache's server-status page that are
+// serving slow.sh now (state W).
+func slowRunning(page string) int64 {
+	var n int64
+	for _, row := range strings.Split(page, "<tr>") {
+		if strings.Contains(row, "<b>W</b>") && strings.Contains(row, "slow.sh") {
+			n++
+		}
+	}
+	return n
+}
+
+// TestMaxConnsQueueApache: a burst of slow requests larger than Apache's
+// MaxRequestWorkers. With max_conns below it, baton queues the rest: no
+// request fails, Apache never runs more of them than max_conns (its own
+// scoreboard says so), it never reaches its limit, and ctl status shows
+// the queue.
+func TestMaxConnsQueueApache(t *testing.T) {
+	const (
+		workers  = 10
+		maxConns = 8 // leaves Apache a worker for the health check and one for server-status
+		clients  = 40
+	)
+	ap := backendtest.StartT(t, backendtest.Apache, backendtest.Options{Extra: apacheWorkers(workers)})
+	b := startBaton(t, func(d string) string {
+		return batonConfig(d, "", backendTOML("apache", ap.URL, "max_conns = "+strconv.Itoa(maxConns)))
+	})
+	addr := b.addr()
+
+	ctx, cancel := context.WithCancel(context.Background())
+	var (
+		wg                                  sync.WaitGroup
+		maxBusy, maxSlow, maxQueued, maxInF atomic.Int64
+		polls                               atomic.Int64
+	)
+	raise := func(v *atomic.Int64, n int64) {
+		for {
+			o := v.Load()
+			if n <= o || v.CompareAndSwap(o, n) {
+				return
+			}
+		}
+	}
+	// Apache's scoreboard, read while the burst runs.
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		c := &http.Client{Timeout: 5 * time.Second}
+		for ctx.Err() == nil {
+			if body, err := get(c, ap.URL+"/server-status?auto"); err == nil {
+				if m := busyRE.FindStringSubmatch(body); m != nil {
+					n, _ := strconv.ParseInt(m[1], 10, 64)
+					raise(&maxBusy, n)
+					polls.Add(1)
+				}
+			}
+			if body, err := get(c, ap.URL+"/server-status"); err == nil {
+				raise(&maxSlow, slowRunning(body))
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}()
+	go func() {
+		defer wg.Done()
+		for ctx.Err() == nil {
+			if st, err := b.tryStatus(); err == nil && len(st.Backends) == 1 {
+				raise(&maxQueued, st.Backends[0].Queued)
+				raise(&maxInF, st.Backends[0].InFlight)
+				if st.Backends[0].MaxConns != maxConns {
+					t.Errorf("status max_conns: got %d, want %d", st.Backends[0].MaxConns, maxConns)
+				}
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}()
+
+	start := time.Now()
+	var failed atomic.Int64
+	var fails sync.Map
+	var cw sync.WaitGroup
+	client := &http.Client{Timeout: 60 * time.Second}
+	for i := range clients {
+		cw.Add(1)
+		go func() {
+			defer cw.Done()
+			resp, err := client.Get("http://" + addr + "/cgi-bin/slow.sh?1")
+			if err != nil {
+				failed.Add(1)
+				fails.Store(i, err.Error())
+				return
+			}
+			n, err := io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != 200 || n != 4096 || err != nil {
+				failed.Add(1)
+				fails.Store(i, resp.Status+" "+strconv.FormatInt(n, 10)+" bytes")
+			}
+		}()
+	}
+	cw.Wait()
+	took := time.Since(start)
+	cancel()
+	wg.Wait()
+
+	fails.Range(func(k, v any) bool { t.Errorf("client %v: %v", k, v); return true })
+	if n := failed.Load(); n != 0 {
+		t.Fatalf("%d of %d requests failed", n, clients)
+	}
+	t.Logf("%d requests of 1 s, max_conns %d: took %s; Apache busy workers at most %d (of %d), slow.sh running at most %d; baton in flight at most %d, queued at most %d (%d scoreboard reads)",
+		clients, maxConns, took.Round(time.Millisecond), maxBusy.Load(), workers, maxSlow.Load(), maxInF.Load(), maxQueued.Load(), polls.Load())
+	if polls.Load() == 0 {
+		t.Fatal("server-status was never read")
+	}
+	if g := maxSlow.Load(); g > maxConns {
+		t.Errorf("Apache ran %d slow requests at once, want at most max_conns %d", g, maxConns)
+	}
+	if g := maxSlow.Load(); g < maxConns/2 {
+		t.Errorf("Apache ran at most %d slow requests at once: the scoreboard reading looks broken", g)
+	}
+	if g := maxInF.Load(); g > maxConns {
+		t.Errorf("baton had %d in flight, want at most %d", g, maxConns)
+	}
+	if g := maxQueued.Load(); g == 0 {
+		t.Error("ctl status never showed a queued request")
+	}
+	if min := time.Duration(clients/maxConns) * time.Second; took < min {
+		t.Errorf("the burst took %s, less than the %s that queueing at %d takes", took, min, maxConns)
+	}
+	if g := maxBusy.Load(); g > maxConns+2 {
+		t.Errorf("Apache had %d busy workers, want at most max_conns %d + a health check + the server-status request", g, maxConns)
+	}
+	if log, _ := os.ReadFile(ap.ErrorLog); strings.Contains(string(log), "MaxRequestWorkers") {
+		t.Errorf("Apache reached MaxRequestWorkers:\n%s", log)
+	}
+}
+
+func get(c *http.Client, url string) (string, error) {
+	resp, err := c.Get(url)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return string(b), err
+}
