@@ -3,6 +3,7 @@ package backends
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"net/http"
 	"sync/atomic"
@@ -37,6 +38,8 @@ type Backend struct {
 	lastErr   atomic.Pointer[string] // last health or connection error, for status
 	kickC     chan struct{}          // asks the health loop for a check now
 	statusOK  func(int) bool         // health_status
+	passive   atomic.Int64           // consecutive 5xx answers or failed round trips (passive_fails)
+	coolUntil atomic.Int64           // unix nanos: health checks do not readmit before (passive cool-down)
 	turns     atomic.Uint64          // round-robin turns seen during a slow start
 	lastCheck atomic.Pointer[CheckResult]
 }
@@ -96,13 +99,56 @@ func (b *Backend) Config() Config { return b.cfg }
 // protocol gets a fresh connection per request: the header names one
 // client, so the connection must not carry another's requests.
 func (b *Backend) Transport(replayable bool) http.RoundTripper {
-	if b.cfg.ProxyProtocol != "" {
-		return ppTransport{b.fresh}
+	var rt http.RoundTripper = b.fresh
+	switch {
+	case b.cfg.ProxyProtocol != "":
+		rt = ppTransport{b.fresh}
+	case replayable:
+		rt = b.pooled
 	}
-	if replayable {
-		return b.pooled
+	if b.cfg.PassiveFails > 0 {
+		return passiveRT{b, rt}
 	}
-	return b.fresh
+	return rt
+}
+
+// passiveRT watches the answers for passive detection: passive_fails
+// consecutive 5xx answers or failed round trips take the backend out for
+// passive_cooldown.
+type passiveRT struct {
+	b  *Backend
+	rt http.RoundTripper
+}
+
+func (p passiveRT) RoundTrip(req *http.Request) (*http.Response, error) {
+	resp, err := p.rt.RoundTrip(req)
+	switch {
+	case err != nil:
+		if req.Context().Err() == nil && !errors.Is(err, context.Canceled) {
+			p.b.notePassive("request: " + err.Error())
+		}
+	case resp.StatusCode >= 500:
+		p.b.notePassive(fmt.Sprintf("request: status %d", resp.StatusCode))
+	default:
+		p.b.passive.Store(0)
+	}
+	return resp, err
+}
+
+// notePassive counts a failed request and takes the backend out for its
+// cool-down once passive_fails were seen in a row.
+func (b *Backend) notePassive(msg string) {
+	if b.passive.Add(1) < int64(b.cfg.PassiveFails) {
+		return
+	}
+	b.passive.Store(0)
+	until := time.Now().Add(b.cfg.PassiveCooldown)
+	b.coolUntil.Store(until.UnixNano())
+	msg = fmt.Sprintf("%s (%d in a row; out for %s)", msg, b.cfg.PassiveFails, b.cfg.PassiveCooldown)
+	b.lastErr.Store(&msg)
+	if old, new := b.slot.update(func(w stateWord) stateWord { return w.with(bitDown, true) }); old != new {
+		b.set.warnf("backend taken out by passive detection", "backend", b.cfg.Name, "after", b.cfg.PassiveFails, "reason", msg, "cooldown", b.cfg.PassiveCooldown)
+	}
 }
 
 // Done releases the request's in-flight count and records a connection
@@ -176,6 +222,9 @@ func (b *Backend) noteFailure(err error, what string) {
 // was down, unless a restart owns it.
 func (b *Backend) noteHealthy() {
 	b.fails.Store(0)
+	if time.Now().UnixNano() < b.coolUntil.Load() {
+		return // passive cool-down
+	}
 	old, new := b.slot.update(func(w stateWord) stateWord {
 		if w.phase() != PhaseNone {
 			return w // the restart decides when it is back

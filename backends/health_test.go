@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -109,5 +110,68 @@ func TestHealthBodyMarksDown(t *testing.T) {
 	}
 	if _, err := s.Pick(nil); err == nil {
 		t.Error("Pick: a backend down on content was picked")
+	}
+}
+
+func TestPassiveDetection(t *testing.T) {
+	var failing atomic.Bool
+	failing.Store(true)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if failing.Load() {
+			w.WriteHeader(http.StatusInternalServerError)
+		}
+	}))
+	defer srv.Close()
+	tests := []struct {
+		name     string
+		fails    int
+		requests int
+		wantDown bool
+	}{
+		{"off by default", 0, 10, false},
+		{"fewer than passive_fails", 3, 2, false},
+		{"passive_fails in a row", 3, 3, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := Config{Name: "web", URL: srv.URL, PassiveFails: tt.fails, PassiveCooldown: 300 * time.Millisecond}.Normalize()
+			table, err := NewStateTable()
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer table.Close()
+			s, err := New([]Config{c}, table, Options{RunDir: t.TempDir()})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.Close()
+			b := s.Backends()[0]
+			for range tt.requests {
+				req, _ := http.NewRequest("GET", srv.URL+"/", nil)
+				resp, err := b.Transport(true).RoundTrip(req)
+				if err != nil {
+					t.Fatal(err)
+				}
+				resp.Body.Close()
+			}
+			st := s.Status()[0]
+			if got := st.State == "down"; got != tt.wantDown {
+				t.Fatalf("down: got %v, want %v (%+v)", got, tt.wantDown, st)
+			}
+			if !tt.wantDown {
+				return
+			}
+			if st.CooldownUntil == nil || !strings.Contains(st.LastError, "status 500 (3 in a row") {
+				t.Errorf("status: cooldown %v, last error %q", st.CooldownUntil, st.LastError)
+			}
+			b.noteHealthy() // a passing check within the cool-down does not readmit
+			if s.Status()[0].State != "down" {
+				t.Fatal("readmitted within the cool-down")
+			}
+			waitUntil(t, "the cool-down to end", func() bool {
+				b.noteHealthy()
+				return s.Status()[0].State == "up"
+			})
+		})
 	}
 }

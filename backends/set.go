@@ -314,6 +314,9 @@ type Status struct {
 	Weight    int          `json:"weight"`
 	Backup    bool         `json:"backup,omitempty"`
 	LastCheck *CheckResult `json:"last_check,omitempty"` // the serving generation's last health check
+	// CooldownUntil is when a backend taken out by passive detection
+	// (in this process) may be readmitted by a health check.
+	CooldownUntil *time.Time `json:"cooldown_until,omitempty"`
 }
 
 // Status reports every backend, in config order.
@@ -337,6 +340,10 @@ func (s *Set) Status() []Status {
 			st.Queued = q
 		}
 		st.LastCheck = b.lastCheck.Load()
+		if c := b.coolUntil.Load(); c > now.UnixNano() && w.down() {
+			t := time.Unix(0, c)
+			st.CooldownUntil = &t
+		}
 		if w.phase() != PhaseNone {
 			st.RestartOwner = int(atomic.LoadInt64(&b.slot.owner))
 			t := time.Unix(0, atomic.LoadInt64(&b.slot.since))
