@@ -40,6 +40,7 @@ type Backend struct {
 	statusOK  func(int) bool         // health_status
 	passive   atomic.Int64           // consecutive 5xx answers or failed round trips (passive_fails)
 	coolUntil atomic.Int64           // unix nanos: health checks do not readmit before (passive cool-down)
+	served    atomic.Uint64          // requests this process sent to it
 	turns     atomic.Uint64          // round-robin turns seen during a slow start
 	lastCheck atomic.Pointer[CheckResult]
 }

@@ -120,7 +120,11 @@ func (s *Set) Pick(avoid proxy.Upstream) (proxy.Upstream, error) {
 			avoided = b
 			return false
 		}
-		return b.acquire(now)
+		if b.acquire(now) {
+			b.served.Add(1)
+			return true
+		}
+		return false
 	}
 	r := s.rr.Add(1)
 	if s.balance == BalanceLeastConn {
@@ -163,6 +167,7 @@ func (s *Set) Pick(avoid proxy.Upstream) (proxy.Upstream, error) {
 		}
 	}
 	if avoided != nil && avoided.acquire(now) {
+		avoided.served.Add(1)
 		return avoided, nil
 	}
 	return nil, proxy.ErrNoUpstream

@@ -314,6 +314,8 @@ type Status struct {
 	Weight    int          `json:"weight"`
 	Backup    bool         `json:"backup,omitempty"`
 	LastCheck *CheckResult `json:"last_check,omitempty"` // the serving generation's last health check
+	// Served counts the requests this process sent to the backend.
+	Served uint64 `json:"served"`
 	// CooldownUntil is when a backend taken out by passive detection
 	// (in this process) may be readmitted by a health check.
 	CooldownUntil *time.Time `json:"cooldown_until,omitempty"`
@@ -340,6 +342,7 @@ func (s *Set) Status() []Status {
 			st.Queued = q
 		}
 		st.LastCheck = b.lastCheck.Load()
+		st.Served = b.served.Load()
 		if c := b.coolUntil.Load(); c > now.UnixNano() && w.down() {
 			t := time.Unix(0, c)
 			st.CooldownUntil = &t
