@@ -2,9 +2,11 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"io"
 	"net/http"
 	"os"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -14,6 +16,7 @@ import (
 	"time"
 
 	"github.com/batonproxy/baton/backends/backendtest"
+	"github.com/batonproxy/baton/cmd/internal/soak"
 )
 
 // apacheWorkers makes Apache's mpm_event run at most workers request
@@ -172,4 +175,61 @@ func get(c *http.Client, url string) (string, error) {
 	defer resp.Body.Close()
 	b, err := io.ReadAll(resp.Body)
 	return string(b), err
+}
+
+// TestSlowStartSoak: Apache, with slow_start, is restarted in the middle
+// of a soak next to lighttpd; the soak's report shows its share of
+// requests ramping back up instead of jumping to half at once.
+func TestSlowStartSoak(t *testing.T) {
+	ap := backendtest.StartT(t, backendtest.Apache, backendtest.Options{})
+	lt := backendtest.StartT(t, backendtest.Lighttpd, backendtest.Options{})
+	b := startBaton(t, func(dir string) string {
+		return batonConfig(dir, "", restartable("apache", ap, "graceful", `slow_start = "3s"`), backendTOML("lighttpd", lt.URL))
+	})
+	figures := filepath.Join(t.TempDir(), "soak.json")
+	out, errOut, code := runBaton(t, "soak", "--target", "http://"+b.addr()+"/", "--path", "/small.txt",
+		"--rate", "200", "--duration", "11s", "--socket", b.socket, "--restart-every", "6s", "--restart", "apache",
+		"--json", figures)
+	if code != 0 {
+		t.Fatalf("soak: exit %d\n%s\n%s", code, out, errOut)
+	}
+	t.Logf("soak summary:\n%s", out)
+	if !strings.Contains(out, "requests per second per backend around restart apache") {
+		t.Error("the summary has no per-backend rates around the restart")
+	}
+	var rep soak.Report
+	raw, err := os.ReadFile(figures)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(raw, &rep); err != nil {
+		t.Fatal(err)
+	}
+	if rep.Failed != 0 {
+		t.Fatalf("%d requests failed", rep.Failed)
+	}
+	var restart *soak.Event
+	for i, e := range rep.Events {
+		if e.Kind == "restart" && e.OK {
+			restart = &rep.Events[i]
+			break
+		}
+	}
+	if restart == nil || len(rep.BackendRates) != 2 {
+		t.Fatalf("no restart, or rates for %d backends", len(rep.BackendRates))
+	}
+	apache := rep.BackendRates[0].PerSecond
+	// The first whole second after the restart ended, and 2 s later.
+	first := int(restart.End.Sub(rep.Start).Seconds()) + 1
+	if first+2 >= len(apache) {
+		t.Fatalf("the restart ended too late (%.1fs) to see its ramp", restart.End.Sub(rep.Start).Seconds())
+	}
+	early, late := apache[first], apache[first+2]
+	t.Logf("apache: %d req/s in second %d after its restart, %d in second %d", early, first, late, first+2)
+	if early*3 > late*2 {
+		t.Errorf("no ramp: apache took %d req/s right after its restart, %d two seconds later; want the first well below", early, late)
+	}
+	if late < 60 {
+		t.Errorf("apache took %d req/s 2 s into a 3 s slow start, want most of its half of 200", late)
+	}
 }
