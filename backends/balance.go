@@ -218,6 +218,11 @@ func (s *Set) Wait(ctx context.Context) error {
 	return ctx.Err()
 }
 
+// grantTTL is how long grants may stay unspent before dispatch forgets
+// them: a woken waiter whose caller never called Pick must not hold the
+// queue up for good.
+const grantTTL = time.Second
+
 // dispatch wakes as many waiters, from the front, as there is room for.
 func (s *Set) dispatch() {
 	if s.queued.Load() == 0 {
@@ -225,11 +230,15 @@ func (s *Set) dispatch() {
 	}
 	s.qmu.Lock()
 	defer s.qmu.Unlock()
+	if s.grants.Load() > 0 && time.Since(time.Unix(0, s.grantAt.Load())) > grantTTL {
+		s.grants.Store(0)
+	}
 	free := s.room() - s.grants.Load()
 	for ; free > 0 && s.queue.Len() > 0; free-- {
 		w := s.queue.Remove(s.queue.Front()).(*waiter)
 		w.woken = true
 		s.grants.Add(1)
+		s.grantAt.Store(time.Now().UnixNano())
 		s.queued.Add(-1)
 		close(w.c)
 	}

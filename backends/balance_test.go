@@ -319,3 +319,44 @@ func TestNewRejectsBackupOnly(t *testing.T) {
 		t.Fatal("New with only a backup: got no error")
 	}
 }
+
+// BenchmarkPick is the cost of choosing a backend and releasing it, per
+// policy, with and without max_conns (make bench reports it).
+func BenchmarkPick(b *testing.B) {
+	for _, bc := range []struct {
+		name    string
+		balance Balance
+		max     int
+	}{
+		{"round_robin", BalanceRoundRobin, 0},
+		{"round_robin/max_conns", BalanceRoundRobin, 1 << 20},
+		{"least_conn", BalanceLeastConn, 0},
+		{"least_conn/max_conns", BalanceLeastConn, 1 << 20},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			table, err := NewStateTable()
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer table.Close()
+			var cfgs []Config
+			for i := range 4 {
+				cfgs = append(cfgs, Config{Name: fmt.Sprintf("b%d", i), URL: fmt.Sprintf("http://127.0.0.1:%d", 1+i), MaxConns: bc.max}.Normalize())
+			}
+			s, err := New(cfgs, table, Options{RunDir: b.TempDir(), Balance: bc.balance})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer s.Close()
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					up, err := s.Pick(nil)
+					if err != nil {
+						b.Fatal(err)
+					}
+					up.Done(nil)
+				}
+			})
+		})
+	}
+}

@@ -56,10 +56,11 @@ type Set struct {
 	rr      atomic.Uint64
 	waiters atomic.Int64 // in Wait
 
-	qmu    sync.Mutex
-	queue  list.List    // of *waiter, in arrival order; under qmu
-	queued atomic.Int64 // queue.Len()
-	grants atomic.Int64 // woken waiters whose Pick has not run yet
+	qmu     sync.Mutex
+	queue   list.List    // of *waiter, in arrival order; under qmu
+	queued  atomic.Int64 // queue.Len()
+	grants  atomic.Int64 // woken waiters whose Pick has not run yet
+	grantAt atomic.Int64 // unix nanos of the last grant
 
 	watchC chan struct{} // wakes the watcher when the first request is held
 
@@ -94,6 +95,10 @@ func New(cfgs []Config, table *StateTable, opts Options) (*Set, error) {
 	}
 	if s.now == nil {
 		s.now = time.Now
+		if !anySlowStart(cfgs) {
+			// why: Pick reads the clock only for slow start; skip the call.
+			s.now = func() time.Time { return time.Time{} }
+		}
 	}
 	if s.runDir == "" {
 		s.runDir = os.TempDir()
@@ -163,6 +168,9 @@ func (s *Set) watchEpochs() {
 		for _, b := range s.backends {
 			b.syncEpoch()
 		}
+		// Every generation, a draining one too (it runs no watcher),
+		// looks for room freed by the others while it has requests queued.
+		s.dispatch()
 	}
 }
 
@@ -194,6 +202,15 @@ func (s *Set) Unavailable() string {
 		parts = append(parts, p)
 	}
 	return strings.Join(parts, ", ")
+}
+
+func anySlowStart(cfgs []Config) bool {
+	for _, c := range cfgs {
+		if c.SlowStart > 0 {
+			return true
+		}
+	}
+	return false
 }
 
 // wake wakes as many held requests as there may be room for now.
@@ -343,7 +360,7 @@ func (s *Set) Status() []Status {
 		}
 		st.LastCheck = b.lastCheck.Load()
 		st.Served = b.served.Load()
-		if c := b.coolUntil.Load(); c > now.UnixNano() && w.down() {
+		if c := b.coolUntil.Load(); c > time.Now().UnixNano() && w.down() {
 			t := time.Unix(0, c)
 			st.CooldownUntil = &t
 		}

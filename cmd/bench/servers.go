@@ -34,6 +34,7 @@ const (
 	setupBaton     = "baton"
 	setupBaton1    = "baton (1 thread)"
 	setupBatonObs  = "baton + access log + metrics"
+	setupBatonLim  = "baton + least_conn + max_conns"
 	setupHAProxy   = "haproxy"
 	setupNginx     = "nginx"
 	setupMinimal   = "go-minimal (reference)"
@@ -169,6 +170,7 @@ func (b *bench) startAll(ctx context.Context) error {
 		{setupBaton, b.startBaton, nil},
 		{setupBaton1, b.startBaton1, nil},
 		{setupBatonObs, b.startBatonObs, &cpuCell},
+		{setupBatonLim, b.startBatonLimits, &cpuCell},
 		{setupHAProxy, b.startHAProxy, nil},
 		{setupNginx, b.startNginxProxy, nil},
 		{setupMinimal, b.startMinimal(setupMinimal, "go-minimal", nil), nil},
@@ -367,6 +369,7 @@ type serverData struct {
 	Dir, Name, Backend string
 	Port               int
 	Extra              string // appended to the configuration
+	ProxyExtra         string // added to baton's [proxy] section
 }
 
 func (b *bench) startNginx(name, tmpl string, port int) (*proc, error) {
@@ -393,6 +396,7 @@ func (b *bench) startNginxProxy(port int) (*proc, error) {
 
 const batonConf = `[proxy]
 listen = ["127.0.0.1:{{.Port}}"]
+{{.ProxyExtra}}
 
 [control]
 pid_file = "{{.Dir}}/{{.Name}}.pid"
@@ -438,11 +442,26 @@ func (b *bench) startBatonObs(port int) (*proc, error) {
 	return b.startBatonAs(setupBatonObs, "baton-obs", nil, port, obsConf)
 }
 
+// startBatonLimits starts a baton like the measured one, balancing by
+// least_conn with a max_conns the load stays under: the row that shows
+// what counting and checking the limit costs (not queueing).
+func (b *bench) startBatonLimits(port int) (*proc, error) {
+	return b.startBatonAsProxy(setupBatonLim, "baton-lim", `balance = "least_conn"`, port, "max_conns = 4096\n[log]\nlevel = \"warn\"\n")
+}
+
 // startBatonAs starts a baton whose configuration, PID file, control
 // socket and log are named after file; extra is appended to its
 // configuration.
 func (b *bench) startBatonAs(setupName, file string, env []string, port int, extra ...string) (*proc, error) {
-	d := serverData{Dir: b.dir, Name: file, Backend: b.backendAddr, Port: port, Extra: strings.Join(extra, "\n")}
+	return b.startBatonEnv(setupName, file, env, "", port, extra...)
+}
+
+func (b *bench) startBatonAsProxy(setupName, file, proxyExtra string, port int, extra ...string) (*proc, error) {
+	return b.startBatonEnv(setupName, file, nil, proxyExtra, port, extra...)
+}
+
+func (b *bench) startBatonEnv(setupName, file string, env []string, proxyExtra string, port int, extra ...string) (*proc, error) {
+	d := serverData{Dir: b.dir, Name: file, Backend: b.backendAddr, Port: port, Extra: strings.Join(extra, "\n"), ProxyExtra: proxyExtra}
 	if len(extra) == 0 {
 		d.Extra = "\n[log]\nlevel = \"warn\"\n"
 	}
