@@ -90,7 +90,7 @@ func TestBadConfig(t *testing.T) {
 		checkOnly        bool // run starts anyway (a runtime problem, not a config error)
 	}{
 		{"unknown key", "[proxy]\nlisten = [\"127.0.0.1:0\"]\nlisten_timeout = \"1s\"\n" + good, "baton.toml: proxy.listen_timeout: unknown key", false},
-		{"unknown backend key", "[proxy]\nlisten = [\"127.0.0.1:0\"]\n" + good + "weight = 3\n", "baton.toml: backend.weight: unknown key", false},
+		{"unknown backend key", "[proxy]\nlisten = [\"127.0.0.1:0\"]\n" + good + "colour = 3\n", "baton.toml: backend.colour: unknown key", false},
 		{"bad duration", "[proxy]\nlisten = [\"127.0.0.1:0\"]\ndrain_timeout = \"30 seconds\"\n" + good, `baton.toml: proxy.drain_timeout: "30 seconds" is not a duration`, false},
 		{"duration as number", "[proxy]\nlisten = [\"127.0.0.1:0\"]\nhold_timeout = 30\n" + good, "proxy.hold_timeout: incompatible types", false},
 		{"bad url", "[proxy]\nlisten = [\"127.0.0.1:0\"]\n[[backend]]\nname = \"web1\"\nurl = \"ftp://127.0.0.1:21\"\n", `baton.toml: backend[0].url: "ftp://127.0.0.1:21": scheme must be http`, false},
