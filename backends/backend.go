@@ -48,6 +48,11 @@ type Backend struct {
 func newBackend(cfg Config, slot *stateSlot, set *Set) *Backend {
 	addr, _ := hostPort(cfg.URL) // validated
 	facts := servers[cfg.Kind]
+	if cfg.MaxConns > 0 && cfg.MaxIdleConns > cfg.MaxConns {
+		// why: idle keep-alive connections count against lighttpd's
+		// server.max-connections; more than max_conns are never needed.
+		cfg.MaxIdleConns = cfg.MaxConns
+	}
 	dialer := &net.Dialer{Timeout: cfg.DialTimeout, KeepAlive: 30 * time.Second}
 	dial := dialer.DialContext
 	if cfg.ProxyProtocol != "" {

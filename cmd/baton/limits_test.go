@@ -28,35 +28,49 @@ func apacheWorkers(workers int) string {
 }
 
 var (
-	busyRE = regexp.MustCompile(`(?m)^BusyWorkers: (\d+)`)
+	busyRE = regexp.MustCompile(`(?m)^Busy(?:Workers|Servers): (\d+)`)
 )
 
-// slowRunning counts the workers of Apache's server-status page that are
-// serving slow.sh now (state W).
+// slowRunning counts the rows of a server-status page (Apache's workers in
+// state W, lighttpd's connections handling a request or writing) serving
+// slow.sh now.
 func slowRunning(page string) int64 {
 	var n int64
 	for _, row := range strings.Split(page, "<tr>") {
-		if strings.Contains(row, "<b>W</b>") && strings.Contains(row, "slow.sh") {
+		busy := strings.Contains(row, "<b>W</b>") || strings.Contains(row, ">handle-req<") || strings.Contains(row, ">write<")
+		if busy && strings.Contains(row, "slow.sh") {
 			n++
 		}
 	}
 	return n
 }
 
-// TestMaxConnsQueueApache: a burst of slow requests larger than Apache's
-// MaxRequestWorkers. With max_conns below it, baton queues the rest: no
-// request fails, Apache never runs more of them than max_conns (its own
-// scoreboard says so), it never reaches its limit, and ctl status shows
-// the queue.
-func TestMaxConnsQueueApache(t *testing.T) {
+// TestMaxConnsQueue: a burst of slow requests larger than Apache's
+// MaxRequestWorkers, or lighttpd's server.max-connections. With max_conns
+// below it, baton queues the rest: no request fails, the server never
+// runs more of them than max_conns (its own status page says so), it never
+// reaches its limit, and ctl status shows the queue.
+func TestMaxConnsQueue(t *testing.T) {
+	for _, tt := range []struct {
+		kind    string
+		extra   string
+		workers int
+	}{
+		{backendtest.Apache, apacheWorkers(12), 12},
+		{backendtest.Lighttpd, "server.max-connections = 12", 12},
+	} {
+		t.Run(tt.kind, func(t *testing.T) { testMaxConnsQueue(t, tt.kind, tt.extra, tt.workers) })
+	}
+}
+
+func testMaxConnsQueue(t *testing.T, kind, extra string, workers int) {
 	const (
-		workers  = 10
-		maxConns = 8 // leaves Apache a worker for the health check and one for server-status
+		maxConns = 8 // leaves the server room for the health check and server-status
 		clients  = 40
 	)
-	ap := backendtest.StartT(t, backendtest.Apache, backendtest.Options{Extra: apacheWorkers(workers)})
+	ap := backendtest.StartT(t, kind, backendtest.Options{Extra: extra})
 	b := startBaton(t, func(d string) string {
-		return batonConfig(d, "", backendTOML("apache", ap.URL, "max_conns = "+strconv.Itoa(maxConns)))
+		return batonConfig(d, "", backendTOML("web", ap.URL, "max_conns = "+strconv.Itoa(maxConns)))
 	})
 	addr := b.addr()
 
@@ -139,16 +153,16 @@ func TestMaxConnsQueueApache(t *testing.T) {
 	if n := failed.Load(); n != 0 {
 		t.Fatalf("%d of %d requests failed", n, clients)
 	}
-	t.Logf("%d requests of 1 s, max_conns %d: took %s; Apache busy workers at most %d (of %d), slow.sh running at most %d; baton in flight at most %d, queued at most %d (%d scoreboard reads)",
-		clients, maxConns, took.Round(time.Millisecond), maxBusy.Load(), workers, maxSlow.Load(), maxInF.Load(), maxQueued.Load(), polls.Load())
+	t.Logf("%s: %d requests of 1 s, max_conns %d: took %s; busy at most %d (of %d), slow.sh running at most %d; baton in flight at most %d, queued at most %d (%d status reads)",
+		kind, clients, maxConns, took.Round(time.Millisecond), maxBusy.Load(), workers, maxSlow.Load(), maxInF.Load(), maxQueued.Load(), polls.Load())
 	if polls.Load() == 0 {
 		t.Fatal("server-status was never read")
 	}
 	if g := maxSlow.Load(); g > maxConns {
-		t.Errorf("Apache ran %d slow requests at once, want at most max_conns %d", g, maxConns)
+		t.Errorf("the server ran %d slow requests at once, want at most max_conns %d", g, maxConns)
 	}
 	if g := maxSlow.Load(); g < maxConns/2 {
-		t.Errorf("Apache ran at most %d slow requests at once: the scoreboard reading looks broken", g)
+		t.Errorf("the server ran at most %d slow requests at once: the status reading looks broken", g)
 	}
 	if g := maxInF.Load(); g > maxConns {
 		t.Errorf("baton had %d in flight, want at most %d", g, maxConns)
@@ -160,10 +174,13 @@ func TestMaxConnsQueueApache(t *testing.T) {
 		t.Errorf("the burst took %s, less than the %s that queueing at %d takes", took, min, maxConns)
 	}
 	if g := maxBusy.Load(); g > maxConns+2 {
-		t.Errorf("Apache had %d busy workers, want at most max_conns %d + a health check + the server-status request", g, maxConns)
+		t.Errorf("the server had %d busy, want at most max_conns %d + a health check + the server-status request", g, maxConns)
 	}
-	if log, _ := os.ReadFile(ap.ErrorLog); strings.Contains(string(log), "MaxRequestWorkers") {
-		t.Errorf("Apache reached MaxRequestWorkers:\n%s", log)
+	if g := maxBusy.Load(); g >= int64(workers) {
+		t.Errorf("the server had %d busy, its limit is %d: it reached it", g, workers)
+	}
+	if log, _ := os.ReadFile(ap.ErrorLog); strings.Contains(string(log), "MaxRequestWorkers") || strings.Contains(string(log), "max-connections") {
+		t.Errorf("the server reached its limit:\n%s", log)
 	}
 }
 
