@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
@@ -70,7 +71,10 @@ func testMaxConnsQueue(t *testing.T, kind, extra string, workers int) {
 	)
 	ap := backendtest.StartT(t, kind, backendtest.Options{Extra: extra})
 	b := startBaton(t, func(d string) string {
-		return batonConfig(d, "", backendTOML("web", ap.URL, "max_conns = "+strconv.Itoa(maxConns)))
+		// The burst queues for 5 rounds of a second and a restart: more
+		// than the harness's hold_timeout of 10 s leaves to spare.
+		return strings.Replace(batonConfig(d, "", restartable("web", ap, "graceful", "max_conns = "+strconv.Itoa(maxConns), `slow_start = "2s"`)),
+			`hold_timeout = "10s"`, `hold_timeout = "30s"`, 1)
 	})
 	addr := b.addr()
 
@@ -121,6 +125,21 @@ func testMaxConnsQueue(t *testing.T, kind, extra string, workers int) {
 		}
 	}()
 
+	// A graceful restart in the middle of the burst: the backend drains
+	// (its queue holds), restarts and comes back with a slow start.
+	restarted := make(chan string, 1)
+	go func() {
+		deadline := time.Now().Add(20 * time.Second)
+		for maxQueued.Load() == 0 && time.Now().Before(deadline) {
+			time.Sleep(10 * time.Millisecond)
+		}
+		out, errOut, code := b.ctl("restart", "web")
+		if code != 0 {
+			restarted <- fmt.Sprintf("exit %d: %s %s", code, out, errOut)
+			return
+		}
+		restarted <- ""
+	}()
 	start := time.Now()
 	var failed atomic.Int64
 	var fails sync.Map
@@ -146,6 +165,9 @@ func testMaxConnsQueue(t *testing.T, kind, extra string, workers int) {
 	}
 	cw.Wait()
 	took := time.Since(start)
+	if msg := <-restarted; msg != "" {
+		t.Errorf("restart during the burst: %s", msg)
+	}
 	cancel()
 	wg.Wait()
 
