@@ -138,6 +138,7 @@ func testMaxConnsQueue(t *testing.T, kind, extra string, workers int) {
 			restarted <- fmt.Sprintf("exit %d: %s %s", code, out, errOut)
 			return
 		}
+		t.Logf("restart during the burst:\n%s", out)
 		restarted <- ""
 	}()
 	start := time.Now()
