@@ -32,9 +32,10 @@ type Options struct {
 	now func() time.Time
 }
 
-// Set is the configured backends: it picks one per request (round-robin
-// over the routable ones), runs their health checks and restarts them. It
-// is safe for concurrent use.
+// Set is the configured backends: it picks one per request (by its
+// balancing policy, within each backend's max_conns, queueing the rest in
+// arrival order), runs their health checks and restarts them. It is safe
+// for concurrent use.
 type Set struct {
 	backends []*Backend
 	byName   map[string]*Backend
