@@ -231,6 +231,39 @@ drain_timeout = "0s"
 			},
 		},
 		{
+			name: "limits, balancing and site-aware checks",
+			text: `[proxy]
+listen = ["127.0.0.1:8080"]
+balance = "least_conn"
+` + backendA + `max_conns = 25
+slow_start = "10s"
+weight = 3
+health_host = "www.example.com"
+health_method = "HEAD"
+health_status = ["200", "3xx"]
+passive_fails = 5
+passive_cooldown = "30s"
+
+[[backend]]
+name = "b"
+url = "http://127.0.0.1:8082"
+backup = true
+health_body = "site-ok"
+`,
+			want: func() *config.Config {
+				c := minimalWant()
+				c.Balance = backends.BalanceLeastConn
+				a := &c.Backends[0]
+				a.MaxConns, a.SlowStart, a.Weight = 25, 10*time.Second, 3
+				a.HealthHost, a.HealthMethod, a.HealthStatus = "www.example.com", "HEAD", []string{"200", "3xx"}
+				a.PassiveFails, a.PassiveCooldown = 5, 30*time.Second
+				b := defaultBackend("b", "http://127.0.0.1:8082", backends.DefaultDrainTimeout)
+				b.Backup, b.HealthBody = true, "site-ok"
+				c.Backends = append(c.Backends, b)
+				return c
+			},
+		},
+		{
 			name: "zero proxy drain timeout means the default",
 			text: `[proxy]
 listen = ["127.0.0.1:8080"]
