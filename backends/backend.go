@@ -3,6 +3,7 @@ package backends
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"net/http"
 	"sync/atomic"
@@ -36,11 +37,22 @@ type Backend struct {
 	seenEpoch atomic.Uint64
 	lastErr   atomic.Pointer[string] // last health or connection error, for status
 	kickC     chan struct{}          // asks the health loop for a check now
+	statusOK  func(int) bool         // health_status
+	passive   atomic.Int64           // consecutive 5xx answers or failed round trips (passive_fails)
+	coolUntil atomic.Int64           // unix nanos: health checks do not readmit before (passive cool-down)
+	served    atomic.Uint64          // requests this process sent to it
+	turns     atomic.Uint64          // round-robin turns seen during a slow start
+	lastCheck atomic.Pointer[CheckResult]
 }
 
 func newBackend(cfg Config, slot *stateSlot, set *Set) *Backend {
 	addr, _ := hostPort(cfg.URL) // validated
 	facts := servers[cfg.Kind]
+	if cfg.MaxConns > 0 && cfg.MaxIdleConns > cfg.MaxConns {
+		// why: idle keep-alive connections count against lighttpd's
+		// server.max-connections; more than max_conns are never needed.
+		cfg.MaxIdleConns = cfg.MaxConns
+	}
 	dialer := &net.Dialer{Timeout: cfg.DialTimeout, KeepAlive: 30 * time.Second}
 	dial := dialer.DialContext
 	if cfg.ProxyProtocol != "" {
@@ -74,7 +86,7 @@ func newBackend(cfg Config, slot *stateSlot, set *Set) *Backend {
 	probeT := fresh.Clone()
 	probeT.DialContext = proxy.ReadTimeoutDialer(dial, cfg.ReadTimeout)
 	b := &Backend{cfg: cfg, facts: facts, addr: addr, slot: slot, set: set, pooled: pooled, fresh: fresh, probeT: probeT,
-		gate: gate, dial: dial, kickC: make(chan struct{}, 1)}
+		gate: gate, dial: dial, kickC: make(chan struct{}, 1), statusOK: statusMatcher(cfg.HealthStatus)}
 	b.seenEpoch.Store(atomic.LoadUint64(&slot.epoch))
 	return b
 }
@@ -93,19 +105,63 @@ func (b *Backend) Config() Config { return b.cfg }
 // protocol gets a fresh connection per request: the header names one
 // client, so the connection must not carry another's requests.
 func (b *Backend) Transport(replayable bool) http.RoundTripper {
-	if b.cfg.ProxyProtocol != "" {
-		return ppTransport{b.fresh}
+	var rt http.RoundTripper = b.fresh
+	switch {
+	case b.cfg.ProxyProtocol != "":
+		rt = ppTransport{b.fresh}
+	case replayable:
+		rt = b.pooled
 	}
-	if replayable {
-		return b.pooled
+	if b.cfg.PassiveFails > 0 {
+		return passiveRT{b, rt}
 	}
-	return b.fresh
+	return rt
+}
+
+// passiveRT watches the answers for passive detection: passive_fails
+// consecutive 5xx answers or failed round trips take the backend out for
+// passive_cooldown.
+type passiveRT struct {
+	b  *Backend
+	rt http.RoundTripper
+}
+
+func (p passiveRT) RoundTrip(req *http.Request) (*http.Response, error) {
+	resp, err := p.rt.RoundTrip(req)
+	switch {
+	case err != nil:
+		if req.Context().Err() == nil && !errors.Is(err, context.Canceled) {
+			p.b.notePassive("request: " + err.Error())
+		}
+	case resp.StatusCode >= 500:
+		p.b.notePassive(fmt.Sprintf("request: status %d", resp.StatusCode))
+	default:
+		p.b.passive.Store(0)
+	}
+	return resp, err
+}
+
+// notePassive counts a failed request and takes the backend out for its
+// cool-down once passive_fails were seen in a row.
+func (b *Backend) notePassive(msg string) {
+	if b.passive.Add(1) < int64(b.cfg.PassiveFails) {
+		return
+	}
+	b.passive.Store(0)
+	until := time.Now().Add(b.cfg.PassiveCooldown)
+	b.coolUntil.Store(until.UnixNano())
+	msg = fmt.Sprintf("%s (%d in a row; out for %s)", msg, b.cfg.PassiveFails, b.cfg.PassiveCooldown)
+	b.lastErr.Store(&msg)
+	if old, new := b.slot.update(func(w stateWord) stateWord { return w.with(bitDown, true) }); old != new {
+		b.set.warnf("backend taken out by passive detection", "backend", b.cfg.Name, "after", b.cfg.PassiveFails, "reason", msg, "cooldown", b.cfg.PassiveCooldown)
+	}
 }
 
 // Done releases the request's in-flight count and records a connection
 // failure or success for passive health.
 func (b *Backend) Done(err error) {
 	b.release()
+	b.set.dispatch()
 	if err == nil {
 		b.fails.Store(0)
 		return
@@ -121,8 +177,10 @@ func (b *Backend) Done(err error) {
 // still routable after counting it. Counting first and checking second is
 // what makes a drain safe: a drainer sets the phase and then waits for the
 // count to reach zero, so either the drainer sees this request or this
-// request sees the phase.
-func (b *Backend) acquire() bool {
+// request sees the phase. It is what makes max_conns hold across
+// generations too: of two processes counting the last free place at
+// once, at least one sees the count over the limit and takes it back.
+func (b *Backend) acquire(now time.Time) bool {
 	b.inflight.Add(1)
 	// The global count goes up first and down last: a reclaimer subtracts
 	// what the entry holds from the global count, so if this process dies
@@ -134,6 +192,10 @@ func (b *Backend) acquire() bool {
 		atomic.AddInt64(&b.gen.count, 1)
 	}
 	if !b.slot.load().routable() {
+		b.release()
+		return false
+	}
+	if lim := b.limit(now); lim > 0 && atomic.LoadInt64(&b.slot.inflight) > lim {
 		b.release()
 		return false
 	}
@@ -166,6 +228,9 @@ func (b *Backend) noteFailure(err error, what string) {
 // was down, unless a restart owns it.
 func (b *Backend) noteHealthy() {
 	b.fails.Store(0)
+	if time.Now().UnixNano() < b.coolUntil.Load() {
+		return // passive cool-down
+	}
 	old, new := b.slot.update(func(w stateWord) stateWord {
 		if w.phase() != PhaseNone {
 			return w // the restart decides when it is back
@@ -174,7 +239,7 @@ func (b *Backend) noteHealthy() {
 	})
 	if old != new {
 		b.set.logf("backend up", "backend", b.cfg.Name)
-		b.set.broadcast()
+		b.set.wake()
 	}
 }
 

@@ -47,7 +47,13 @@ const (
 	DefaultResponseHeaderTimeout  = 60 * time.Second
 	DefaultReadTimeout            = 60 * time.Second
 	DefaultMaxResponseHeaderBytes = 64 << 10
+	DefaultWeight                 = 1
+	DefaultHealthMethod           = "GET"
+	DefaultPassiveCooldown        = 10 * time.Second
 )
+
+// DefaultHealthStatus is what a health check must answer by default.
+var DefaultHealthStatus = []string{"2xx", "3xx"}
 
 // Config describes one backend. The zero value of every field but Name and
 // URL is usable; Normalize fills defaults and Validate checks the result.
@@ -89,6 +95,31 @@ type Config struct {
 	// header naming the client before each request, on a connection of
 	// its own (no pooling); "" (default) sends none.
 	ProxyProtocol string
+
+	// MaxConns bounds the requests in flight to the backend from every
+	// baton generation together; the rest wait in baton's queue, first
+	// come first served. 0 (default): no limit.
+	MaxConns int
+	// SlowStart is how long the backend's limit (MaxConns, or its share of
+	// requests when it has none) takes to ramp up to full after it comes
+	// back into rotation. 0 (default): at once.
+	SlowStart time.Duration
+	// Weight is the backend's share of requests relative to the others
+	// (default 1).
+	Weight int
+	// Backup backends receive requests only while no primary is up.
+	Backup bool
+
+	HealthHost   string   // Host header of the health check (default: the URL's host:port)
+	HealthMethod string   // GET or HEAD (default GET)
+	HealthStatus []string // expected codes ("200") or classes ("2xx") (default 2xx and 3xx)
+	HealthBody   string   // a substring the check's response body must contain ("" : none)
+
+	// PassiveFails is how many consecutive 5xx answers or connection
+	// failures of requests take the backend out for PassiveCooldown.
+	// 0 (default): off.
+	PassiveFails    int
+	PassiveCooldown time.Duration // default 10s
 }
 
 // FieldError is a validation error about one configuration key.
@@ -169,6 +200,18 @@ func (c Config) Normalize() Config {
 	if c.MaxResponseHeaderBytes == 0 {
 		c.MaxResponseHeaderBytes = DefaultMaxResponseHeaderBytes
 	}
+	if c.Weight == 0 {
+		c.Weight = DefaultWeight
+	}
+	if c.HealthMethod == "" {
+		c.HealthMethod = DefaultHealthMethod
+	}
+	if len(c.HealthStatus) == 0 {
+		c.HealthStatus = DefaultHealthStatus
+	}
+	if c.PassiveCooldown == 0 {
+		c.PassiveCooldown = DefaultPassiveCooldown
+	}
 	return c
 }
 
@@ -213,6 +256,37 @@ func (c Config) Validate() error {
 	}
 	if c.MaxIdleConns < 0 {
 		return fieldErr("max_idle_conns", "must not be negative, got %d", c.MaxIdleConns)
+	}
+	if c.MaxConns < 0 {
+		return fieldErr("max_conns", "must not be negative, got %d (0: no limit)", c.MaxConns)
+	}
+	if c.SlowStart < 0 {
+		return fieldErr("slow_start", "must not be negative, got %s", c.SlowStart)
+	}
+	if c.Weight <= 0 || c.Weight > MaxWeight {
+		return fieldErr("weight", "must be 1 to %d, got %d", MaxWeight, c.Weight)
+	}
+	if c.PassiveFails < 0 {
+		return fieldErr("passive_fails", "must not be negative, got %d (0: off)", c.PassiveFails)
+	}
+	if c.PassiveCooldown < 0 {
+		return fieldErr("passive_cooldown", "must not be negative, got %s", c.PassiveCooldown)
+	}
+	switch c.HealthMethod {
+	case "GET", "HEAD":
+	default:
+		return fieldErr("health_method", "%q: want GET or HEAD", c.HealthMethod)
+	}
+	if c.HealthMethod == "HEAD" && c.HealthBody != "" {
+		return fieldErr("health_body", "a HEAD check has no body to look in; use health_method = \"GET\"")
+	}
+	if strings.ContainsAny(c.HealthHost, " \t\r\n/") {
+		return fieldErr("health_host", "%q is not a host name", c.HealthHost)
+	}
+	for i, st := range c.HealthStatus {
+		if _, err := parseStatusSpec(st); err != nil {
+			return fieldErr(fmt.Sprintf("health_status[%d]", i), "%v", err)
+		}
 	}
 	methods, ok := kindMethods[c.Kind]
 	if !ok {
@@ -291,4 +365,45 @@ func hostPort(raw string) (string, error) {
 		return "", fmt.Errorf("%q: %w", raw, err)
 	}
 	return u.Host, nil
+}
+
+// statusSpec matches response codes: one code, or a class (lo..lo+99).
+type statusSpec struct{ lo, hi int }
+
+// parseStatusSpec reads "200" or "2xx".
+func parseStatusSpec(s string) (statusSpec, error) {
+	if len(s) == 3 && s[0] >= '1' && s[0] <= '5' && strings.EqualFold(s[1:], "xx") {
+		lo := int(s[0]-'0') * 100
+		return statusSpec{lo, lo + 99}, nil
+	}
+	n := 0
+	for _, c := range []byte(s) {
+		if c < '0' || c > '9' {
+			n = -1
+			break
+		}
+		n = n*10 + int(c-'0')
+	}
+	if len(s) != 3 || n < 100 || n > 599 {
+		return statusSpec{}, fmt.Errorf("%q: want a code (200) or a class (2xx)", s)
+	}
+	return statusSpec{n, n}, nil
+}
+
+// statusMatcher reports whether a code is one of specs (validated).
+func statusMatcher(specs []string) func(int) bool {
+	var m []statusSpec
+	for _, s := range specs {
+		if sp, err := parseStatusSpec(s); err == nil {
+			m = append(m, sp)
+		}
+	}
+	return func(code int) bool {
+		for _, sp := range m {
+			if code >= sp.lo && code <= sp.hi {
+				return true
+			}
+		}
+		return false
+	}
 }

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"strings"
 	"time"
 )
 
@@ -15,43 +16,97 @@ import (
 // requests are held waiting for one.
 const fastProbeInterval = 100 * time.Millisecond
 
-// probe sends one health check on a new connection: GET HealthPath, healthy
-// on 2xx or 3xx.
+// CheckResult is the outcome of a backend's last health check, for status.
+type CheckResult struct {
+	At     time.Time     `json:"at"`
+	OK     bool          `json:"ok"`
+	Status int           `json:"status,omitempty"` // the response's code, 0 if none came
+	Took   time.Duration `json:"took_ns"`
+	Reason string        `json:"reason,omitempty"` // why it failed
+}
+
+// probe sends one health check on a new connection: health_method
+// health_path with health_host, healthy on a health_status code with
+// health_body in the body.
 func (b *Backend) probe(ctx context.Context) error {
 	return b.probeWithin(ctx, b.cfg.HealthTimeout)
 }
 
-// healthRequest is the health check: GET HealthPath.
+// healthRequest is the health check: health_method health_path, with
+// health_host as the Host header.
 func (b *Backend) healthRequest(ctx context.Context) (*http.Request, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+b.addr+b.cfg.HealthPath, nil)
+	method := b.cfg.HealthMethod
+	if method == "" {
+		method = http.MethodGet
+	}
+	req, err := http.NewRequestWithContext(ctx, method, "http://"+b.addr+b.cfg.HealthPath, nil)
 	if err != nil {
 		return nil, err
+	}
+	if b.cfg.HealthHost != "" {
+		req.Host = b.cfg.HealthHost
 	}
 	req.Header.Set("User-Agent", "baton-health-check")
 	return req, nil
 }
+
+// healthBodyMax bounds how much of a check's body is searched for
+// health_body.
+const healthBodyMax = 256 << 10
 
 // restartProbeTimeout bounds the first check while a restart waits for the
 // server (later ones get twice as long each, up to health_timeout).
 const restartProbeTimeout = 250 * time.Millisecond
 
 func (b *Backend) probeWithin(ctx context.Context, timeout time.Duration) error {
+	r := b.check(ctx, timeout)
+	if r.OK {
+		return nil
+	}
+	return errors.New(r.Reason)
+}
+
+// check runs one health check and says how it went.
+func (b *Backend) check(ctx context.Context, timeout time.Duration) CheckResult {
+	start := time.Now()
+	r := CheckResult{At: start}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
+	fail := func(format string, args ...any) CheckResult {
+		r.Took, r.Reason = time.Since(start), fmt.Sprintf(format, args...)
+		return r
+	}
 	req, err := b.healthRequest(ctx)
 	if err != nil {
-		return err
+		return fail("%v", err)
 	}
 	resp, err := b.probeT.RoundTrip(req)
 	if err != nil {
-		return err
+		return fail("%v", err)
 	}
-	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
-	resp.Body.Close()
-	if resp.StatusCode < 200 || resp.StatusCode >= 400 {
-		return fmt.Errorf("GET %s: status %d", b.cfg.HealthPath, resp.StatusCode)
+	defer resp.Body.Close()
+	r.Status = resp.StatusCode
+	ok := b.statusOK
+	if ok == nil {
+		ok = func(c int) bool { return c >= 200 && c < 400 }
 	}
-	return nil
+	if !ok(resp.StatusCode) {
+		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+		return fail("%s %s: status %d", req.Method, b.cfg.HealthPath, resp.StatusCode)
+	}
+	if b.cfg.HealthBody == "" {
+		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+	} else {
+		body, err := io.ReadAll(io.LimitReader(resp.Body, healthBodyMax))
+		if err != nil {
+			return fail("%s %s: reading the body: %v", req.Method, b.cfg.HealthPath, err)
+		}
+		if !strings.Contains(string(body), b.cfg.HealthBody) {
+			return fail("%s %s: status %d but the body lacks %q", req.Method, b.cfg.HealthPath, resp.StatusCode, b.cfg.HealthBody)
+		}
+	}
+	r.OK, r.Took = true, time.Since(start)
+	return r
 }
 
 // healthLoop checks b every HealthInterval, and every fastProbeInterval
@@ -74,9 +129,14 @@ func (s *Set) healthLoop(ctx context.Context, b *Backend) {
 				}
 			}
 		}
-		err := b.probe(ctx)
+		res := b.check(ctx, b.cfg.HealthTimeout)
 		if ctx.Err() != nil {
 			return
+		}
+		b.lastCheck.Store(&res)
+		var err error
+		if !res.OK {
+			err = errors.New(res.Reason)
 		}
 		s.adoptOrphan(b)
 		if err == nil {

@@ -228,7 +228,7 @@ func (s *Set) finish(r *restartRun, err error) RestartResult {
 		s.warnf("restart failed", "backend", b.cfg.Name, "took", r.res.Duration.Round(time.Millisecond), "err", r.res.Error, "in_rotation", !r.signaled)
 		s.kickHealth(b)
 	}
-	s.broadcast()
+	s.wake()
 	if s.onRestart != nil {
 		s.onRestart(r.res)
 	}
@@ -584,7 +584,7 @@ func (s *Set) Undrain(name string) (Status, error) {
 	old, _ := b.slot.update(func(w stateWord) stateWord { return w.with(bitDrained, false) })
 	if old.drained() {
 		s.logf("backend undrained", "backend", name)
-		s.broadcast()
+		s.wake()
 	}
 	for _, st := range s.Status() {
 		if st.Name == name {

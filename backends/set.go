@@ -1,6 +1,7 @@
 package backends
 
 import (
+	"container/list"
 	"context"
 	"fmt"
 	"log/slog"
@@ -30,11 +31,16 @@ type Options struct {
 	// the drain does not wait for (WebSockets), cleanly, before the server
 	// goes.
 	BeforeStop func(backend string)
+	// Balance is how requests are spread (default DefaultBalance).
+	Balance Balance
+	// now is the clock of slow start; a test seam (default time.Now).
+	now func() time.Time
 }
 
-// Set is the configured backends: it picks one per request (round-robin
-// over the routable ones), runs their health checks and restarts them. It
-// is safe for concurrent use.
+// Set is the configured backends: it picks one per request (by its
+// balancing policy, within each backend's max_conns, queueing the rest in
+// arrival order), runs their health checks and restarts them. It is safe
+// for concurrent use.
 type Set struct {
 	backends []*Backend
 	byName   map[string]*Backend
@@ -49,11 +55,19 @@ type Set struct {
 
 	onRestart func(RestartResult)
 
-	rr      atomic.Uint64
-	waiters atomic.Int64
+	balance Balance
+	primary group // backends without backup = true
+	backup  group
+	now     func() time.Time
 
-	mu       sync.Mutex
-	changedC chan struct{} // closed and replaced when a backend may have become routable
+	rr      atomic.Uint64
+	waiters atomic.Int64 // in Wait
+
+	qmu     sync.Mutex
+	queue   list.List    // of *waiter, in arrival order; under qmu
+	queued  atomic.Int64 // queue.Len()
+	grants  atomic.Int64 // woken waiters whose Pick has not run yet
+	grantAt atomic.Int64 // unix nanos of the last grant
 
 	watchC chan struct{} // wakes the watcher when the first request is held
 
@@ -77,8 +91,22 @@ func New(cfgs []Config, table *StateTable, opts Options) (*Set, error) {
 		alive:     genAlive,
 		onRestart: opts.OnRestart,
 		before:    opts.BeforeStop,
-		changedC:  make(chan struct{}),
 		watchC:    make(chan struct{}, 1),
+		balance:   opts.Balance,
+		now:       opts.now,
+	}
+	if s.balance == "" {
+		s.balance = DefaultBalance
+	}
+	if _, err := ParseBalance(string(s.balance)); err != nil {
+		return nil, fmt.Errorf("backends: balance %w", err)
+	}
+	if s.now == nil {
+		s.now = time.Now
+		if !anySlowStart(cfgs) {
+			// why: Pick reads the clock only for slow start; skip the call.
+			s.now = func() time.Time { return time.Time{} }
+		}
 	}
 	if s.runDir == "" {
 		s.runDir = os.TempDir()
@@ -113,6 +141,18 @@ func New(cfgs []Config, table *StateTable, opts Options) (*Set, error) {
 		s.backends = append(s.backends, b)
 		s.byName[c.Name] = b
 	}
+	var prim, back []*Backend
+	for _, b := range s.backends {
+		if b.cfg.Backup {
+			back = append(back, b)
+		} else {
+			prim = append(prim, b)
+		}
+	}
+	if len(prim) == 0 && len(back) > 0 {
+		return nil, fmt.Errorf("backends: every backend is a backup: at least one must not be")
+	}
+	s.primary, s.backup = newGroup(prim), newGroup(back)
 	go s.watchEpochs()
 	return s, nil
 }
@@ -136,6 +176,9 @@ func (s *Set) watchEpochs() {
 		for _, b := range s.backends {
 			b.syncEpoch()
 		}
+		// Every generation, a draining one too (it runs no watcher),
+		// looks for room freed by the others while it has requests queued.
+		s.dispatch()
 	}
 }
 
@@ -154,56 +197,6 @@ func (s *Set) Lookup(name string) (*Backend, error) {
 	return nil, fmt.Errorf("backends: unknown backend %q (configured: %s)", name, strings.Join(names, ", "))
 }
 
-// Pick returns the next routable backend in round-robin order, preferring
-// one other than avoid, counted in flight until its Done.
-func (s *Set) Pick(avoid proxy.Upstream) (proxy.Upstream, error) {
-	n := len(s.backends)
-	if n == 0 {
-		return nil, proxy.ErrNoUpstream
-	}
-	start := int(s.rr.Add(1) % uint64(n))
-	var fallback *Backend
-	for i := 0; i < n; i++ {
-		b := s.backends[(start+i)%n]
-		if avoid != nil && proxy.Upstream(b) == avoid {
-			fallback = b
-			continue
-		}
-		if b.acquire() {
-			return b, nil
-		}
-	}
-	if fallback != nil && fallback.acquire() {
-		return fallback, nil
-	}
-	return nil, proxy.ErrNoUpstream
-}
-
-// Wait blocks until a backend may have become routable, or ctx ends. Other
-// generations change the shared table too, so while anyone waits a watcher
-// looks at it every few milliseconds.
-func (s *Set) Wait(ctx context.Context) error {
-	s.mu.Lock()
-	ch := s.changedC
-	s.mu.Unlock()
-	if s.waiters.Add(1) == 1 {
-		select {
-		case s.watchC <- struct{}{}:
-		default:
-		}
-	}
-	defer s.waiters.Add(-1)
-	if s.anyRoutable() {
-		return nil
-	}
-	select {
-	case <-ch:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-}
-
 // Unavailable describes every backend's state, for the error a held request
 // gets when nothing came back in time.
 func (s *Set) Unavailable() string {
@@ -219,22 +212,17 @@ func (s *Set) Unavailable() string {
 	return strings.Join(parts, ", ")
 }
 
-func (s *Set) anyRoutable() bool {
-	for _, b := range s.backends {
-		if b.slot.load().routable() {
+func anySlowStart(cfgs []Config) bool {
+	for _, c := range cfgs {
+		if c.SlowStart > 0 {
 			return true
 		}
 	}
 	return false
 }
 
-// broadcast wakes every held request.
-func (s *Set) broadcast() {
-	s.mu.Lock()
-	close(s.changedC)
-	s.changedC = make(chan struct{})
-	s.mu.Unlock()
-}
+// wake wakes as many held requests as there may be room for now.
+func (s *Set) wake() { s.dispatch() }
 
 // Run runs the health checks and the watcher until ctx ends, then returns
 // once they have stopped. Only the serving generation runs it; a draining
@@ -273,9 +261,7 @@ func (s *Set) watch(ctx context.Context) {
 			}
 		}
 		for s.waiters.Load() > 0 {
-			if s.anyRoutable() {
-				s.broadcast()
-			}
+			s.dispatch()
 			select {
 			case <-ctx.Done():
 				return
@@ -344,11 +330,27 @@ type Status struct {
 	PhaseSince   *time.Time     `json:"phase_since,omitempty"`
 	LastError    string         `json:"last_error,omitempty"`
 	LastRestart  *RestartResult `json:"last_restart,omitempty"`
+	// Queued is how many requests wait in baton's queue while this
+	// backend is at its limit (the queue is shared by the backends that
+	// take the same requests).
+	Queued    int64        `json:"queued"`
+	MaxConns  int          `json:"max_conns"`       // 0: no limit
+	Limit     int64        `json:"limit,omitempty"` // max_conns now, lower during a slow start
+	Weight    int          `json:"weight"`
+	Backup    bool         `json:"backup,omitempty"`
+	LastCheck *CheckResult `json:"last_check,omitempty"` // the serving generation's last health check
+	// Served counts the requests this process sent to the backend.
+	Served uint64 `json:"served"`
+	// CooldownUntil is when a backend taken out by passive detection
+	// (in this process) may be readmitted by a health check.
+	CooldownUntil *time.Time `json:"cooldown_until,omitempty"`
 }
 
 // Status reports every backend, in config order.
 func (s *Set) Status() []Status {
 	out := make([]Status, 0, len(s.backends))
+	now := s.now()
+	q := s.queued.Load()
 	for _, b := range s.backends {
 		w := b.slot.load()
 		st := Status{
@@ -358,6 +360,17 @@ func (s *Set) Status() []Status {
 		}
 		if w.down() {
 			st.Health = "down"
+		}
+		st.MaxConns, st.Weight, st.Backup = b.cfg.MaxConns, b.cfg.Weight, b.cfg.Backup
+		st.Limit = b.limit(now)
+		if q > 0 && st.Limit > 0 && w.routable() && st.InFlight >= st.Limit {
+			st.Queued = q
+		}
+		st.LastCheck = b.lastCheck.Load()
+		st.Served = b.served.Load()
+		if c := b.coolUntil.Load(); c > time.Now().UnixNano() && w.down() {
+			t := time.Unix(0, c)
+			st.CooldownUntil = &t
 		}
 		if w.phase() != PhaseNone {
 			st.RestartOwner = int(atomic.LoadInt64(&b.slot.owner))

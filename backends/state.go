@@ -68,6 +68,9 @@ type stateSlot struct {
 	// Appended after the first release; older binaries leave them zero.
 	ownerGen uint64            // genID of owner, 0 if unknown
 	gens     [maxGens]genEntry // per-generation in-flight counts
+
+	// Appended for slow start (issue 11); this fills the slot.
+	routableSince int64 // unix nanos when the backend last became routable again; 0: since start
 }
 
 // genEntry counts one generation's requests in flight to a backend. id is
@@ -266,6 +269,9 @@ func (s *stateSlot) update(f func(stateWord) stateWord) (old, new stateWord) {
 		old = s.load()
 		new = f(old)
 		if old == new || s.cas(old, new) {
+			if !old.routable() && new.routable() {
+				atomic.StoreInt64(&s.routableSince, time.Now().UnixNano())
+			}
 			return old, new
 		}
 	}

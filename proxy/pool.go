@@ -31,7 +31,10 @@ type Pool interface {
 	// Pick returns a ready upstream other than avoid if it can (avoid may be
 	// nil), or ErrNoUpstream.
 	Pick(avoid Upstream) (Upstream, error)
-	// Wait blocks until Pick may succeed again or ctx ends.
+	// Wait blocks until Pick may succeed again or ctx ends. A Pool may
+	// queue waiters in arrival order and keep room for the ones it wakes:
+	// a caller that Wait returned nil to calls Pick next (and waits again
+	// if that fails), and a request waiting in Wait counts as held.
 	Wait(ctx context.Context) error
 	// Unavailable says in a few words why no upstream is ready.
 	Unavailable() string

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -279,11 +280,11 @@ func printStatus(w io.Writer, s *control.Status) {
 		fmt.Fprintf(w, "last upgrade failed: %s\n", s.LastUpgradeError)
 	}
 	p := s.Proxy
-	fmt.Fprintf(w, "held       %d now, %d in all, longest %s, %d gave up; %d retries\n",
-		p.Held, p.HeldTotal, p.MaxHold.Round(time.Millisecond), p.HoldTimeouts, p.Retries)
+	fmt.Fprintf(w, "held       %d now (%d queued for a backend at its limit or down), %d in all, longest %s, %d gave up; %d retries\n",
+		p.Held, s.Queued, p.HeldTotal, p.MaxHold.Round(time.Millisecond), p.HoldTimeouts, p.Retries)
 	fmt.Fprintln(w)
 	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "BACKEND\tSTATE\tIN-FLIGHT\tKIND\tURL\tLAST RESTART")
+	fmt.Fprintln(tw, "BACKEND\tSTATE\tIN-FLIGHT\tQUEUED\tKIND\tURL\tLAST CHECK\tLAST RESTART")
 	for _, b := range s.Backends {
 		last := "-"
 		if r := b.LastRestart; r != nil {
@@ -300,7 +301,24 @@ func printStatus(w io.Writer, s *control.Status) {
 		if b.Restart != "" {
 			kind += "/" + string(b.Restart)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\n", b.Name, st, b.InFlight, kind, b.URL, last)
+		inflight := strconv.FormatInt(b.InFlight, 10)
+		if b.MaxConns > 0 {
+			inflight += "/" + strconv.Itoa(b.MaxConns)
+			if b.Limit < int64(b.MaxConns) {
+				inflight += fmt.Sprintf(" (slow start: %d)", b.Limit)
+			}
+		}
+		if b.Backup {
+			st += " (backup)"
+		}
+		check := "-"
+		if c := b.LastCheck; c != nil {
+			check = fmt.Sprintf("ok %d, %s ago", c.Status, time.Since(c.At).Round(time.Second))
+			if !c.OK {
+				check = fmt.Sprintf("FAILED %s ago: %s", time.Since(c.At).Round(time.Second), c.Reason)
+			}
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\n", b.Name, st, inflight, b.Queued, kind, b.URL, check, last)
 	}
 	tw.Flush()
 }

@@ -105,6 +105,7 @@ func (i *instance) status() control.Status {
 		Connections:      i.connections(),
 		Proxy:            i.px.Stats(),
 		Backends:         i.set.Status(),
+		Queued:           i.set.Queued(),
 		Generations:      i.mtab.Load().Generations(),
 	}
 	for _, b := range st.Backends {

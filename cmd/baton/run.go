@@ -172,7 +172,7 @@ func (i *instance) start() error {
 		return err
 	}
 	i.set, err = backends.New(cfg.Backends, i.table, backends.Options{Logger: i.log, RunDir: cfg.RunDir,
-		OnRestart: i.recordRestart, BeforeStop: i.closeSwitched})
+		OnRestart: i.recordRestart, BeforeStop: i.closeSwitched, Balance: cfg.Balance})
 	if err != nil {
 		return err
 	}

@@ -92,7 +92,7 @@ func TestBadConfig(t *testing.T) {
 		checkOnly        bool // run starts anyway (a runtime problem, not a config error)
 	}{
 		{"unknown key", "[proxy]\nlisten = [\"127.0.0.1:0\"]\nlisten_timeout = \"1s\"\n" + good, "baton.toml: proxy.listen_timeout: unknown key", false},
-		{"unknown backend key", "[proxy]\nlisten = [\"127.0.0.1:0\"]\n" + good + "weight = 3\n", "baton.toml: backend.weight: unknown key", false},
+		{"unknown backend key", "[proxy]\nlisten = [\"127.0.0.1:0\"]\n" + good + "colour = 3\n", "baton.toml: backend.colour: unknown key", false},
 		{"bad duration", "[proxy]\nlisten = [\"127.0.0.1:0\"]\ndrain_timeout = \"30 seconds\"\n" + good, `baton.toml: proxy.drain_timeout: "30 seconds" is not a duration`, false},
 		{"duration as number", "[proxy]\nlisten = [\"127.0.0.1:0\"]\nhold_timeout = 30\n" + good, "proxy.hold_timeout: incompatible types", false},
 		{"bad url", "[proxy]\nlisten = [\"127.0.0.1:0\"]\n[[backend]]\nname = \"web1\"\nurl = \"ftp://127.0.0.1:21\"\n", `baton.toml: backend[0].url: "ftp://127.0.0.1:21": scheme must be http`, false},
@@ -100,6 +100,10 @@ func TestBadConfig(t *testing.T) {
 		{"duplicate name", "[proxy]\nlisten = [\"127.0.0.1:0\"]\n" + good + good, `baton.toml: backend[1].name: duplicate backend name "web1"`, false},
 		{"no listener", "[proxy]\nlisten = []\n" + good, "baton.toml: proxy.listen: no listen address", false},
 		{"no backend", "[proxy]\nlisten = [\"127.0.0.1:0\"]\n", "baton.toml: backend: no [[backend]] configured", false},
+		{"zero max_conns", "[proxy]\nlisten = [\"127.0.0.1:0\"]\n" + good + "max_conns = 0\n", "baton.toml: backend[0].max_conns: must be positive, got 0 (leave it out for no limit)", false},
+		{"unknown balance", "[proxy]\nlisten = [\"127.0.0.1:0\"]\nbalance = \"random\"\n" + good, `baton.toml: proxy.balance: "random": want round_robin or least_conn`, false},
+		{"backup only", "[proxy]\nlisten = [\"127.0.0.1:0\"]\n" + good + "backup = true\n", "baton.toml: backend: every backend has backup = true", false},
+		{"zero weight", "[proxy]\nlisten = [\"127.0.0.1:0\"]\n" + good + "weight = 0\n", "baton.toml: backend[0].weight: must be 1 to 1000, got 0", false},
 		{"listen address in use", fmt.Sprintf("[proxy]\nlisten = [%q]\n", busy.Addr().String()) + good, "baton.toml: proxy.listen[0]: listen tcp " + busy.Addr().String() + ": bind: address already in use", false},
 		{"syntax", "[proxy\nlisten = 1\n", "baton.toml:2:", false},
 		{"unknown kind", "[proxy]\nlisten = [\"127.0.0.1:0\"]\n" + good + "kind = \"nginx\"\n", `baton.toml: backend[0].kind: unknown kind "nginx"`, false},

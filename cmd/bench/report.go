@@ -223,7 +223,7 @@ func renderCell(w *strings.Builder, m *matrix, c cell) {
 		{setupBaton, setupHAProxy}, {setupBaton, setupNginx}, {setupBaton, setupDirect},
 		{setupBaton1, setupHAProxy}, {setupBaton1, setupNginx},
 		{setupBaton, setupMinimal}, {setupBaton1, setupMinimal1},
-		{setupBatonObs, setupBaton},
+		{setupBatonObs, setupBaton}, {setupBatonLim, setupBaton},
 	} {
 		a, okA := sums[r[0]]
 		o, okO := sums[r[1]]

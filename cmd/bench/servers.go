@@ -35,6 +35,7 @@ const (
 	setupBaton1    = "baton (1 thread)"
 	setupBatonObs  = "baton + access log + metrics"
 	setupEpoll     = "baton (epoll)"
+	setupBatonLim  = "baton + least_conn + max_conns"
 	setupHAProxy   = "haproxy"
 	setupNginx     = "nginx"
 	setupMinimal   = "go-minimal (reference)"
@@ -171,6 +172,7 @@ func (b *bench) startAll(ctx context.Context) error {
 		{setupBaton1, b.startBaton1, nil},
 		{setupBatonObs, b.startBatonObs, &cpuCell},
 		{setupEpoll, b.startEpoll, nil},
+		{setupBatonLim, b.startBatonLimits, &cpuCell},
 		{setupHAProxy, b.startHAProxy, nil},
 		{setupNginx, b.startNginxProxy, nil},
 		{setupMinimal, b.startMinimal(setupMinimal, "go-minimal", nil), nil},
@@ -446,6 +448,13 @@ func (b *bench) startBatonObs(port int) (*proc, error) {
 // default.
 func (b *bench) startEpoll(port int) (*proc, error) {
 	return b.startBatonAs(setupEpoll, "baton-epoll", nil, port, `engine = "epoll"`)
+}
+
+// startBatonLimits starts a baton like the measured one, balancing by
+// least_conn with a max_conns the load stays under: the row that shows
+// what counting and checking the limit costs (not queueing).
+func (b *bench) startBatonLimits(port int) (*proc, error) {
+	return b.startBatonAs(setupBatonLim, "baton-lim", nil, port, `balance = "least_conn"`, "max_conns = 4096\n[log]\nlevel = \"warn\"\n")
 }
 
 // startBatonAs starts a baton whose configuration, PID file, control

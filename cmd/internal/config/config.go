@@ -37,8 +37,10 @@ type Config struct {
 	ControlTimeout time.Duration
 	RunDir         string
 	Backends       []backends.Config
-	LogLevel       slog.Level
-	LogFormat      string // text or json
+	// Balance spreads requests over the backends ([proxy] balance).
+	Balance   backends.Balance
+	LogLevel  slog.Level
+	LogFormat string // text or json
 	// Threads caps the OS threads running Go code (GOMAXPROCS); 0 leaves
 	// Go's default, one per CPU. With the epoll engine it is also the
 	// number of event loops (0: epoll.DefaultLoops).
@@ -112,6 +114,7 @@ type fileProxy struct {
 	Threads           *int     `toml:"threads"`
 	Engine            string   `toml:"engine"`
 	MaxConns          *int     `toml:"max_conns"`
+	Balance           string   `toml:"balance"`
 }
 
 type fileControl struct {
@@ -157,6 +160,16 @@ type fileBackend struct {
 	ReadTimeout            string   `toml:"read_timeout"`
 	MaxResponseHeaderBytes *int     `toml:"max_response_header_bytes"`
 	ProxyProtocol          string   `toml:"proxy_protocol"`
+	MaxConns               *int     `toml:"max_conns"`
+	SlowStart              string   `toml:"slow_start"`
+	Weight                 *int     `toml:"weight"`
+	Backup                 bool     `toml:"backup"`
+	HealthHost             string   `toml:"health_host"`
+	HealthMethod           string   `toml:"health_method"`
+	HealthStatus           []string `toml:"health_status"`
+	HealthBody             string   `toml:"health_body"`
+	PassiveFails           *int     `toml:"passive_fails"`
+	PassiveCooldown        string   `toml:"passive_cooldown"`
 }
 
 type file struct {
@@ -317,6 +330,11 @@ func build(f *file, dir string) (*Config, error) {
 	default:
 		try(errAt("proxy.engine", "%q: want %q or %q", f.Proxy.Engine, EngineEpoll, EngineStdlib))
 	}
+	if b, e := backends.ParseBalance(f.Proxy.Balance); e != nil {
+		try(errAt("proxy.balance", "%v", e))
+	} else {
+		c.Balance = b
+	}
 	try(duration("control.upgrade_timeout", f.Control.UpgradeTimeout, &c.Handoff.UpgradeTimeout))
 	try(duration("control.request_timeout", f.Control.RequestTimeout, &c.ControlTimeout))
 	if err != nil {
@@ -397,6 +415,15 @@ func build(f *file, dir string) (*Config, error) {
 		names[b.Name] = i
 		c.Backends = append(c.Backends, b)
 	}
+	primaries := 0
+	for _, b := range c.Backends {
+		if !b.Backup {
+			primaries++
+		}
+	}
+	if primaries == 0 {
+		return nil, errAt("backend", "every backend has backup = true: backups stand in for primaries, so at least one must not be a backup")
+	}
 	return c, nil
 }
 
@@ -422,6 +449,8 @@ func buildBackend(fb fileBackend, drain time.Duration) (backends.Config, error) 
 		StartCommand: fb.StartCommand, RestartCommand: fb.RestartCommand, DrainTimeout: drain,
 		ProcessExe:    fb.ProcessExe,
 		ProxyProtocol: fb.ProxyProtocol,
+		Backup:        fb.Backup, HealthHost: fb.HealthHost, HealthMethod: fb.HealthMethod,
+		HealthStatus: fb.HealthStatus, HealthBody: fb.HealthBody,
 	}
 	var err error
 	try := func(e error) {
@@ -441,6 +470,27 @@ func buildBackend(fb fileBackend, drain time.Duration) (backends.Config, error) 
 	try(duration("response_header_timeout", fb.ResponseHeaderTimeout, &b.ResponseHeaderTimeout))
 	try(duration("read_timeout", fb.ReadTimeout, &b.ReadTimeout))
 	try(positive("max_response_header_bytes", fb.MaxResponseHeaderBytes, &b.MaxResponseHeaderBytes))
+	if fb.MaxConns != nil && *fb.MaxConns <= 0 {
+		try(errAt("max_conns", "must be positive, got %d (leave it out for no limit)", *fb.MaxConns))
+	}
+	try(positive("max_conns", fb.MaxConns, &b.MaxConns))
+	try(duration("slow_start", fb.SlowStart, &b.SlowStart))
+	if fb.Weight != nil && (*fb.Weight <= 0 || *fb.Weight > backends.MaxWeight) {
+		try(errAt("weight", "must be 1 to %d, got %d (take a backend out with backup or drain, not weight 0)", backends.MaxWeight, *fb.Weight))
+	}
+	try(positive("weight", fb.Weight, &b.Weight))
+	if fb.HealthStatus != nil && len(fb.HealthStatus) == 0 {
+		try(errAt("health_status", "empty: no answer could pass (leave it out for 2xx and 3xx)"))
+	}
+	if fb.HealthMethod != "" && fb.HealthMethod != "GET" && fb.HealthMethod != "HEAD" {
+		try(errAt("health_method", "%q: want GET or HEAD", fb.HealthMethod))
+	}
+	if fb.PassiveFails != nil && *fb.PassiveFails < 0 {
+		try(errAt("passive_fails", "must not be negative, got %d (0: off)", *fb.PassiveFails))
+	} else if fb.PassiveFails != nil {
+		b.PassiveFails = *fb.PassiveFails
+	}
+	try(duration("passive_cooldown", fb.PassiveCooldown, &b.PassiveCooldown))
 	if err != nil {
 		return b, err
 	}

@@ -50,6 +50,10 @@ func defaultBackend(name, url string, drain time.Duration) backends.Config {
 		ResponseHeaderTimeout:  backends.DefaultResponseHeaderTimeout,
 		ReadTimeout:            backends.DefaultReadTimeout,
 		MaxResponseHeaderBytes: backends.DefaultMaxResponseHeaderBytes,
+		Weight:                 backends.DefaultWeight,
+		HealthMethod:           backends.DefaultHealthMethod,
+		HealthStatus:           backends.DefaultHealthStatus,
+		PassiveCooldown:        backends.DefaultPassiveCooldown,
 	}
 }
 
@@ -230,6 +234,39 @@ drain_timeout = "0s"
 			},
 		},
 		{
+			name: "limits, balancing and site-aware checks",
+			text: `[proxy]
+listen = ["127.0.0.1:8080"]
+balance = "least_conn"
+` + backendA + `max_conns = 25
+slow_start = "10s"
+weight = 3
+health_host = "www.example.com"
+health_method = "HEAD"
+health_status = ["200", "3xx"]
+passive_fails = 5
+passive_cooldown = "30s"
+
+[[backend]]
+name = "b"
+url = "http://127.0.0.1:8082"
+backup = true
+health_body = "site-ok"
+`,
+			want: func() *config.Config {
+				c := minimalWant()
+				c.Balance = backends.BalanceLeastConn
+				a := &c.Backends[0]
+				a.MaxConns, a.SlowStart, a.Weight = 25, 10*time.Second, 3
+				a.HealthHost, a.HealthMethod, a.HealthStatus = "www.example.com", "HEAD", []string{"200", "3xx"}
+				a.PassiveFails, a.PassiveCooldown = 5, 30*time.Second
+				b := defaultBackend("b", "http://127.0.0.1:8082", backends.DefaultDrainTimeout)
+				b.Backup, b.HealthBody = true, "site-ok"
+				c.Backends = append(c.Backends, b)
+				return c
+			},
+		},
+		{
 			name: "zero proxy drain timeout means the default",
 			text: `[proxy]
 listen = ["127.0.0.1:8080"]
@@ -255,6 +292,9 @@ drain_timeout = "0s"
 				t.Fatalf("Parse: got error %v, want none", err)
 			}
 			want := tt.want()
+			if want.Balance == "" {
+				want.Balance = backends.DefaultBalance
+			}
 			if !reflect.DeepEqual(got, want) {
 				t.Errorf("Parse:\n got %+v\nwant %+v", got, want)
 				if len(got.Backends) == len(want.Backends) {
@@ -503,6 +543,61 @@ func TestParseInvalid(t *testing.T) {
 			name: "control socket path too long",
 			text: listen + "[control]\nsocket = \"/" + strings.Repeat("s", 107) + "\"\n" + backendA,
 			want: "baton.toml: control.socket: ", key: "control.socket",
+		},
+		{
+			name: "unknown balance",
+			text: listen + "balance = \"random\"\n" + backendA,
+			want: `proxy.balance: "random": want round_robin or least_conn`, key: "proxy.balance",
+		},
+		{
+			name: "zero max_conns",
+			text: listen + backendA + "max_conns = 0\n",
+			want: "backend[0].max_conns: must be positive, got 0 (leave it out for no limit)", key: "backend[0].max_conns",
+		},
+		{
+			name: "negative max_conns",
+			text: listen + backendA + "max_conns = -5\n",
+			want: "backend[0].max_conns: must be positive, got -5", key: "backend[0].max_conns",
+		},
+		{
+			name: "zero weight",
+			text: listen + backendA + "weight = 0\n",
+			want: "backend[0].weight: must be 1 to 1000, got 0", key: "backend[0].weight",
+		},
+		{
+			name: "negative slow_start",
+			text: listen + backendA + "slow_start = \"-1s\"\n",
+			want: "backend[0].slow_start: \"-1s\" must not be negative", key: "backend[0].slow_start",
+		},
+		{
+			name: "backup only",
+			text: listen + backendA + "backup = true\n",
+			want: "backend: every backend has backup = true", key: "backend",
+		},
+		{
+			name: "health method",
+			text: listen + backendA + "health_method = \"POST\"\n",
+			want: `backend[0].health_method: "POST": want GET or HEAD`, key: "backend[0].health_method",
+		},
+		{
+			name: "health status",
+			text: listen + backendA + "health_status = [\"200\", \"2x\"]\n",
+			want: `backend[0].health_status[1]: "2x": want a code (200) or a class (2xx)`, key: "backend[0].health_status[1]",
+		},
+		{
+			name: "empty health status",
+			text: listen + backendA + "health_status = []\n",
+			want: "backend[0].health_status: empty", key: "backend[0].health_status",
+		},
+		{
+			name: "health body with HEAD",
+			text: listen + backendA + "health_method = \"HEAD\"\nhealth_body = \"ok\"\n",
+			want: "backend[0].health_body: a HEAD check has no body", key: "backend[0].health_body",
+		},
+		{
+			name: "negative passive_fails",
+			text: listen + backendA + "passive_fails = -1\n",
+			want: "backend[0].passive_fails: must not be negative", key: "backend[0].passive_fails",
 		},
 	}
 	for _, tt := range tests {

@@ -85,6 +85,9 @@ type Status struct {
 	Connections      int               `json:"connections"`
 	Proxy            proxy.Stats       `json:"proxy"`
 	Backends         []backends.Status `json:"backends"`
+	// Queued is how many of the held requests wait in the backends' queue
+	// (in this process); they are counted in Proxy.Held too.
+	Queued int64 `json:"queued"`
 	// Generations are the live baton processes, oldest first: the serving
 	// one and older ones still draining.
 	Generations []metrics.Generation `json:"generations,omitempty"`

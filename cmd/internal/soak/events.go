@@ -612,6 +612,18 @@ type holdWatch struct {
 	socket string
 	mu     sync.Mutex
 	byPID  map[int]holdSample
+	// served[pid][backend] is what each baton process said it sent each
+	// backend; rates sums them over processes at each sample.
+	served map[int]map[string]uint64
+	rates  []servedSample
+	names  []string // backends in baton's order
+}
+
+// servedSample is the requests sent to each backend by every baton
+// process seen so far, at one moment.
+type servedSample struct {
+	at    time.Time
+	total map[string]uint64
 }
 
 func (h *holdWatch) watch(ctx context.Context) {
@@ -638,6 +650,61 @@ func (h *holdWatch) sample(ctx context.Context) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.byPID[st.PID] = holdSample{max: st.Proxy.MaxHold, held: st.Proxy.HeldTotal, timeouts: st.Proxy.HoldTimeouts}
+	if h.served == nil {
+		h.served = map[int]map[string]uint64{}
+	}
+	m := map[string]uint64{}
+	for _, b := range st.Backends {
+		m[b.Name] = b.Served
+		if !slices.Contains(h.names, b.Name) {
+			h.names = append(h.names, b.Name)
+		}
+	}
+	h.served[st.PID] = m
+	total := map[string]uint64{}
+	for _, pm := range h.served {
+		for n, v := range pm {
+			total[n] += v
+		}
+	}
+	h.rates = append(h.rates, servedSample{at: time.Now(), total: total})
+}
+
+// backendRates turns the samples into requests per second per backend,
+// one value per second of the run since start.
+func (h *holdWatch) backendRates(start time.Time, secs int) []BackendRate {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if len(h.rates) == 0 || secs <= 0 {
+		return nil
+	}
+	// The cumulative count at the end of each second: the last sample
+	// taken before it ended.
+	cum := make([]map[string]uint64, secs+1)
+	base := h.rates[0].total
+	j := 0
+	for sec := 0; sec <= secs; sec++ {
+		end := start.Add(time.Duration(sec) * time.Second)
+		for j+1 < len(h.rates) && !h.rates[j+1].at.After(end) {
+			j++
+		}
+		cum[sec] = h.rates[j].total
+	}
+	var out []BackendRate
+	for _, n := range h.names {
+		br := BackendRate{Backend: n, PerSecond: make([]int, secs)}
+		for sec := 1; sec <= secs; sec++ {
+			prev, cur := cum[sec-1][n], cum[sec][n]
+			if sec == 1 {
+				prev = base[n]
+			}
+			if cur > prev {
+				br.PerSecond[sec-1] = int(cur - prev)
+			}
+		}
+		out = append(out, br)
+	}
+	return out
 }
 
 func (h *holdWatch) total() Hold {

@@ -111,6 +111,7 @@ func (r *Report) writeRun(w io.Writer) {
 		tw.Flush()
 		fmt.Fprintln(w)
 	}
+	r.writeRamps(w)
 	for i, f := range r.Failures {
 		if i == 10 {
 			fmt.Fprintf(w, "... and %d more failures\n", r.Failed-10)
@@ -468,4 +469,39 @@ func (r *Report) WriteHTML(w io.Writer) error {
 		data["B"] = view(r, "Through baton")
 	}
 	return reportTmpl().Execute(w, data)
+}
+
+// writeRamps prints requests per second per backend around each restart
+// (from 2 s before to 12 s after it ended), where a slow start shows.
+func (r *Report) writeRamps(w io.Writer) {
+	if len(r.BackendRates) == 0 {
+		return
+	}
+	for _, e := range r.Events {
+		if e.Kind != "restart" && e.Kind != "restart-all" {
+			continue
+		}
+		from := max(int(e.Start.Sub(r.Start).Seconds())-2, 0)
+		to := min(int(math.Ceil(e.End.Sub(r.Start).Seconds()))+12, len(r.BackendRates[0].PerSecond))
+		if from >= to {
+			continue
+		}
+		fmt.Fprintf(w, "requests per second per backend around %s (%.1fs to %.1fs):\n", e.Name(),
+			e.Start.Sub(r.Start).Seconds(), e.End.Sub(r.Start).Seconds())
+		tw := tabwriter.NewWriter(w, 2, 4, 1, ' ', tabwriter.AlignRight)
+		fmt.Fprint(tw, "second\t")
+		for t := from; t < to; t++ {
+			fmt.Fprintf(tw, "%d\t", t)
+		}
+		fmt.Fprintln(tw)
+		for _, b := range r.BackendRates {
+			fmt.Fprintf(tw, "%s\t", b.Backend)
+			for t := from; t < to; t++ {
+				fmt.Fprintf(tw, "%d\t", b.PerSecond[t])
+			}
+			fmt.Fprintln(tw)
+		}
+		tw.Flush()
+		fmt.Fprintln(w)
+	}
 }

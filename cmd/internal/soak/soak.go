@@ -17,6 +17,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/http"
 	"net/url"
@@ -153,6 +154,12 @@ type Second struct {
 	Max    float64 `json:"max_ms"`
 }
 
+// BackendRate is one backend's requests per second over the run.
+type BackendRate struct {
+	Backend   string `json:"backend"`
+	PerSecond []int  `json:"per_second"` // [i]: second i of the run
+}
+
 // Failure is one failed request.
 type Failure struct {
 	At    float64 `json:"at_s"` // seconds since the start
@@ -189,12 +196,16 @@ type Report struct {
 	Latency     Latencies      `json:"latency"`
 	NearEvents  Latencies      `json:"latency_near_events"` // in seconds within 1 s of an event
 	Hold        Hold           `json:"hold"`
-	Events      []Event        `json:"events"`
-	Criteria    []Criterion    `json:"criteria"`
-	Seconds     []Second       `json:"seconds"`
-	Failures    []Failure      `json:"failures,omitempty"` // the first 1000
-	MaxRSS      int64          `json:"soak_max_rss_bytes"` // the soak process's peak resident memory
-	WebSockets  *WSProbes      `json:"websockets,omitempty"`
+	// BackendRates are requests per second per backend, from baton's
+	// status (sampled every 250 ms), to show how a restarted backend is
+	// ramped back in (slow_start).
+	BackendRates []BackendRate `json:"backend_rates,omitempty"`
+	Events       []Event       `json:"events"`
+	Criteria     []Criterion   `json:"criteria"`
+	Seconds      []Second      `json:"seconds"`
+	Failures     []Failure     `json:"failures,omitempty"` // the first 1000
+	MaxRSS       int64         `json:"soak_max_rss_bytes"` // the soak process's peak resident memory
+	WebSockets   *WSProbes     `json:"websockets,omitempty"`
 	// Direct is the same soak straight to the servers, without baton
 	// (--compare-direct), run first.
 	Direct *Report `json:"direct,omitempty"`
@@ -468,6 +479,7 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	if holds != nil {
 		holds.sample(context.WithoutCancel(ctx))
 		r.Hold = holds.total()
+		r.BackendRates = holds.backendRates(r.Start, int(math.Ceil(r.Duration.Seconds())))
 	}
 	r.Criteria = o.Pass.judge(r)
 	var ru syscall.Rusage
