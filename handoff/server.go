@@ -57,6 +57,10 @@ type Server struct {
 	mu       sync.Mutex
 	ln       net.Listener
 	conns    int               // open, or hijacked by an Upgrade request still being served
+	// pending counts connections accepted whose StateNew has not come yet:
+	// http.Server tracks a connection only after Accept returned it, so a
+	// drain that looked at conns alone could end with one just accepted.
+	pending int
 	upgraded map[net.Conn]bool // Upgrade requests being served; true once hijacked
 	ws       map[net.Conn]*wsConn
 	long     map[net.Conn]int      // streaming responses being served, per connection
@@ -77,6 +81,7 @@ func (s *Server) Serve(ln net.Listener) error {
 	// Issue 7: net/http gives up on accept errors it does not deem
 	// temporary (ENOBUFS, ENOMEM); the listener must outlive them all.
 	ln = KeepAccepting(ln, s.Logger, ln.Addr().String())
+	ln = &countingListener{Listener: ln, s: s}
 	s.ln = ln
 	s.upgraded = map[net.Conn]bool{}
 	s.ws = map[net.Conn]*wsConn{}
@@ -226,6 +231,7 @@ func (s *Server) connState(c net.Conn, st http.ConnState) {
 	switch st {
 	case http.StateNew:
 		s.mu.Lock()
+		s.pending--
 		s.conns++
 		s.all[c] = struct{}{}
 		s.mu.Unlock()
@@ -251,7 +257,7 @@ func (s *Server) connState(c net.Conn, st http.ConnState) {
 }
 
 func (s *Server) checkIdleLocked() {
-	if s.draining.Load() && s.conns <= 0 {
+	if s.draining.Load() && s.conns <= 0 && s.pending <= 0 {
 		s.idleOnce.Do(func() { close(s.idleC) })
 	}
 }
@@ -432,4 +438,22 @@ type DeadlineError struct {
 
 func (e *DeadlineError) Error() string {
 	return fmt.Sprintf("handoff: %s: drain deadline reached, closed %d connections", e.Addr, e.Closed)
+}
+
+// countingListener counts each accepted connection as pending until the
+// http.Server reports it new (connState), so that a drain never ends
+// between the two (the connection would be cut when the process exits).
+type countingListener struct {
+	net.Listener
+	s *Server
+}
+
+func (l *countingListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err == nil {
+		l.s.mu.Lock()
+		l.s.pending++
+		l.s.mu.Unlock()
+	}
+	return c, err
 }

@@ -1,13 +1,13 @@
 package main
 
 import (
-	"context"
 	_ "embed"
 	"encoding/json"
 	"errors"
 	"net"
 	"net/http"
 	"runtime"
+	"sync"
 	"time"
 
 	"github.com/batonproxy/baton/backends"
@@ -27,6 +27,32 @@ type adminServer struct {
 	srv  *http.Server
 	ln   net.Listener
 	done chan struct{}
+
+	mu      sync.Mutex
+	open    int           // connections accepted and not closed
+	closing bool          // close has begun
+	emptyC  chan struct{} // closed once closing and no connection is open
+	emptied bool
+}
+
+// connState counts open connections, so that close can wait for them.
+func (a *adminServer) connState(_ net.Conn, st http.ConnState) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	switch st {
+	case http.StateNew:
+		a.open++
+	case http.StateClosed, http.StateHijacked:
+		a.open--
+	}
+	a.checkEmptyLocked()
+}
+
+func (a *adminServer) checkEmptyLocked() {
+	if a.closing && a.open <= 0 && !a.emptied {
+		a.emptied = true
+		close(a.emptyC)
+	}
 }
 
 func (i *instance) startAdmin(ln net.Listener) {
@@ -46,8 +72,9 @@ func (i *instance) startAdmin(ln net.Listener) {
 	a := &adminServer{
 		srv: &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, IdleTimeout: 30 * time.Second,
 			ErrorLog: nil},
-		ln: ln, done: make(chan struct{}),
+		ln: ln, done: make(chan struct{}), emptyC: make(chan struct{}),
 	}
+	a.srv.ConnState = a.connState
 	i.admin = a
 	i.bg.Add(1)
 	go func() {
@@ -59,15 +86,26 @@ func (i *instance) startAdmin(ln net.Listener) {
 	}()
 }
 
-// close stops the admin server, letting a scrape in progress finish (up
-// to a second), and waits for it.
+// close stops the admin server: it stops accepting and lets requests
+// already sent finish (up to two seconds), then closes what is left.
+// http.Server.Shutdown would not do: a connection accepted just before
+// it, whose request is read after it began, is closed unanswered (a /readyz
+// probe during an upgrade saw EOF).
 func (a *adminServer) close() {
-	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-	defer cancel()
-	if err := a.srv.Shutdown(ctx); err != nil {
-		_ = a.srv.Close()
+	a.srv.SetKeepAlivesEnabled(false) // closes idle ones; the rest close after their answer
+	_ = a.ln.Close()
+	<-a.done // Serve returned: every accepted connection is counted
+	a.mu.Lock()
+	a.closing = true
+	a.checkEmptyLocked()
+	a.mu.Unlock()
+	t := time.NewTimer(2 * time.Second)
+	defer t.Stop()
+	select {
+	case <-a.emptyC:
+	case <-t.C:
 	}
-	<-a.done
+	_ = a.srv.Close()
 }
 
 func (i *instance) serveReady(w http.ResponseWriter, r *http.Request) {

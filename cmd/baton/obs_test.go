@@ -296,10 +296,15 @@ func TestReadyzAtStop(t *testing.T) {
 	lt := backendtest.StartT(t, backendtest.Lighttpd, backendtest.Options{})
 	b := startBaton(t, func(dir string) string { return obsConfig(dir, "combined", lt.URL, `stop_delay = "1500ms"`) })
 	addr, admin := b.addr(), b.status().Admin
+	var errsMu sync.Mutex
+	var errs []string
 	get := func(url string) int {
 		c := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
 		resp, err := c.Get(url)
 		if err != nil {
+			errsMu.Lock()
+			errs = append(errs, time.Now().Format("15:04:05.000")+" "+err.Error())
+			errsMu.Unlock()
 			return 0
 		}
 		io.Copy(io.Discard, resp.Body)
@@ -336,7 +341,7 @@ func TestReadyzAtStop(t *testing.T) {
 	close(stopC)
 	wg.Wait()
 	if len(bad) > 0 {
-		t.Errorf("/readyz during an upgrade answered %v, want only 200", bad)
+		t.Errorf("/readyz during an upgrade answered %v, want only 200 (errors: %v)", bad, errs)
 	}
 
 	b.signal(syscall.SIGTERM)
