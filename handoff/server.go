@@ -54,13 +54,13 @@ type Server struct {
 	srv      *http.Server
 	h2       *h2Server // nil without TLS and h2
 
-	mu       sync.Mutex
-	ln       net.Listener
-	conns    int               // open, or hijacked by an Upgrade request still being served
+	mu    sync.Mutex
+	ln    net.Listener
+	conns int // open, or hijacked by an Upgrade request still being served
 	// pending counts connections accepted whose StateNew has not come yet:
 	// http.Server tracks a connection only after Accept returned it, so a
 	// drain that looked at conns alone could end with one just accepted.
-	pending int
+	pending  int
 	upgraded map[net.Conn]bool // Upgrade requests being served; true once hijacked
 	ws       map[net.Conn]*wsConn
 	long     map[net.Conn]int      // streaming responses being served, per connection
