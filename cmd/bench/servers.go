@@ -412,15 +412,17 @@ health_path = "/small.txt"
 
 // obsConf turns on what an operator usually runs with: an access log in
 // the Combined format and the admin listener serving /metrics.
-const obsConf = `
+func obsConf(dir, name string) string {
+	return fmt.Sprintf(`
 [log]
 level = "warn"
-access = "{{.Dir}}/{{.Name}}-access.log"
+access = %q
 access_format = "combined"
 
 [admin]
 listen = "127.0.0.2:0"
-`
+`, filepath.Join(dir, name+"-access.log"))
+}
 
 // startBaton starts the baton that is measured and upgraded.
 func (b *bench) startBaton(port int) (*proc, error) {
@@ -441,7 +443,7 @@ func (b *bench) startBaton1(port int) (*proc, error) {
 // startBatonObs starts a baton like the measured one, with its access log
 // and metrics on: the row that shows what observing every request costs.
 func (b *bench) startBatonObs(port int) (*proc, error) {
-	return b.startBatonAs(setupBatonObs, "baton-obs", nil, port, "", obsConf)
+	return b.startBatonAs(setupBatonObs, "baton-obs", nil, port, "", obsConf(b.dir, "baton-obs"))
 }
 
 // startEpoll starts a baton on the epoll engine with threads at its
