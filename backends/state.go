@@ -9,7 +9,7 @@ import (
 	"time"
 	"unsafe"
 
-	"golang.org/x/sys/unix"
+	"github.com/batonproxy/baton/internal/shmem"
 )
 
 // The state table is a small region of memory shared by every live baton
@@ -148,27 +148,22 @@ func (w stateWord) label() string {
 // zero value is not usable; use NewStateTable or OpenStateTable. It is safe
 // for concurrent use by any number of goroutines and processes.
 type StateTable struct {
-	f   *os.File
-	mem []byte
+	r   *shmem.Region
+	mem []byte // r.Mem
 	hdr *stateHeader
+}
+
+func mapState(r *shmem.Region) *StateTable {
+	return &StateTable{r: r, mem: r.Mem, hdr: (*stateHeader)(unsafe.Pointer(&r.Mem[0]))}
 }
 
 // NewStateTable creates an empty table in a new memfd.
 func NewStateTable() (*StateTable, error) {
-	fd, err := unix.MemfdCreate("baton-backends", unix.MFD_CLOEXEC)
+	r, err := shmem.Create("baton-backends", stateSize)
 	if err != nil {
-		return nil, fmt.Errorf("backends: state table: memfd: %w", err)
+		return nil, fmt.Errorf("backends: state table: %w", err)
 	}
-	f := os.NewFile(uintptr(fd), "baton-backends")
-	if err := f.Truncate(stateSize); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("backends: state table: truncate: %w", err)
-	}
-	t, err := mapState(f)
-	if err != nil {
-		f.Close()
-		return nil, err
-	}
+	t := mapState(r)
 	atomic.StoreUint64(&t.hdr.version, stateVersion)
 	atomic.StoreUint64(&t.hdr.magic, stateMagic)
 	return t, nil
@@ -177,20 +172,11 @@ func NewStateTable() (*StateTable, error) {
 // OpenStateTable maps a table passed by a previous generation. It takes
 // ownership of f.
 func OpenStateTable(f *os.File) (*StateTable, error) {
-	fi, err := f.Stat()
+	r, err := shmem.Open(f, stateSize)
 	if err != nil {
-		f.Close()
 		return nil, fmt.Errorf("backends: state table: %w", err)
 	}
-	if fi.Size() != stateSize {
-		f.Close()
-		return nil, fmt.Errorf("backends: state table: size %d, want %d", fi.Size(), stateSize)
-	}
-	t, err := mapState(f)
-	if err != nil {
-		f.Close()
-		return nil, err
-	}
+	t := mapState(r)
 	if m, v := atomic.LoadUint64(&t.hdr.magic), atomic.LoadUint64(&t.hdr.version); m != stateMagic || v != stateVersion {
 		t.Close()
 		return nil, fmt.Errorf("backends: state table: bad magic %#x or version %d", m, v)
@@ -198,22 +184,11 @@ func OpenStateTable(f *os.File) (*StateTable, error) {
 	return t, nil
 }
 
-func mapState(f *os.File) (*StateTable, error) {
-	mem, err := unix.Mmap(int(f.Fd()), 0, stateSize, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
-	if err != nil {
-		return nil, fmt.Errorf("backends: state table: mmap: %w", err)
-	}
-	return &StateTable{f: f, mem: mem, hdr: (*stateHeader)(unsafe.Pointer(&mem[0]))}, nil
-}
-
 // File is the memfd behind the table, to pass to the next generation.
-func (t *StateTable) File() *os.File { return t.f }
+func (t *StateTable) File() *os.File { return t.r.File }
 
 // Close unmaps the table. Slots handed out before must not be used after.
-func (t *StateTable) Close() error {
-	err := unix.Munmap(t.mem)
-	return errors.Join(err, t.f.Close())
-}
+func (t *StateTable) Close() error { return t.r.Close() }
 
 func (t *StateTable) slotAt(i int) *stateSlot {
 	return (*stateSlot)(unsafe.Pointer(&t.mem[headerSize+i*slotSize]))

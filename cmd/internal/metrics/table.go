@@ -10,6 +10,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/batonproxy/baton/internal/shmem"
 	"github.com/batonproxy/baton/proxy"
 )
 
@@ -139,8 +140,8 @@ func init() {
 // for concurrent use by any number of goroutines and processes. Use
 // NewTable or OpenTable, then Register the backend names before recording.
 type Table struct {
-	f     *os.File
-	mem   []byte
+	r     *shmem.Region
+	mem   []byte // r.Mem
 	g     *global
 	slots map[string]*slot // read-only after Register
 	order []string
@@ -150,20 +151,11 @@ type Table struct {
 
 // NewTable creates an empty table in a new memfd.
 func NewTable() (*Table, error) {
-	fd, err := unix.MemfdCreate("baton-metrics", unix.MFD_CLOEXEC)
+	r, err := shmem.Create("baton-metrics", tableSize)
 	if err != nil {
-		return nil, fmt.Errorf("metrics: memfd: %w", err)
+		return nil, fmt.Errorf("metrics: %w", err)
 	}
-	f := os.NewFile(uintptr(fd), "baton-metrics")
-	if err := f.Truncate(tableSize); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("metrics: truncate: %w", err)
-	}
-	t, err := mapTable(f)
-	if err != nil {
-		f.Close()
-		return nil, err
-	}
+	t := mapTable(r)
 	atomic.StoreUint64(&t.g.version, tableVersion)
 	atomic.StoreUint64(&t.g.magic, tableMagic)
 	return t, nil
@@ -172,20 +164,11 @@ func NewTable() (*Table, error) {
 // OpenTable maps a table passed by a previous generation. It takes
 // ownership of f.
 func OpenTable(f *os.File) (*Table, error) {
-	fi, err := f.Stat()
+	r, err := shmem.Open(f, tableSize)
 	if err != nil {
-		f.Close()
 		return nil, fmt.Errorf("metrics: %w", err)
 	}
-	if fi.Size() != tableSize {
-		f.Close()
-		return nil, fmt.Errorf("metrics: table size %d, want %d", fi.Size(), tableSize)
-	}
-	t, err := mapTable(f)
-	if err != nil {
-		f.Close()
-		return nil, err
-	}
+	t := mapTable(r)
 	if m, v := atomic.LoadUint64(&t.g.magic), atomic.LoadUint64(&t.g.version); m != tableMagic || v < 1 {
 		t.Close()
 		return nil, fmt.Errorf("metrics: bad magic %#x or version %d", m, v)
@@ -193,22 +176,15 @@ func OpenTable(f *os.File) (*Table, error) {
 	return t, nil
 }
 
-func mapTable(f *os.File) (*Table, error) {
-	mem, err := unix.Mmap(int(f.Fd()), 0, tableSize, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
-	if err != nil {
-		return nil, fmt.Errorf("metrics: mmap: %w", err)
-	}
-	return &Table{f: f, mem: mem, g: (*global)(unsafe.Pointer(&mem[0])), slots: map[string]*slot{}}, nil
+func mapTable(r *shmem.Region) *Table {
+	return &Table{r: r, mem: r.Mem, g: (*global)(unsafe.Pointer(&r.Mem[0])), slots: map[string]*slot{}}
 }
 
 // File is the memfd behind the table, to pass to the next generation.
-func (t *Table) File() *os.File { return t.f }
+func (t *Table) File() *os.File { return t.r.File }
 
 // Close unmaps the table; nothing may be recorded after.
-func (t *Table) Close() error {
-	err := unix.Munmap(t.mem)
-	return errors.Join(err, t.f.Close())
-}
+func (t *Table) Close() error { return t.r.Close() }
 
 func (t *Table) slotAt(i int) *slot {
 	return (*slot)(unsafe.Pointer(&t.mem[globalSize+i*slotSize]))
