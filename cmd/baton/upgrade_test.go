@@ -231,12 +231,19 @@ func TestSighupCoalesced(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	b.waitNewPID(old)
+	newPID := b.waitNewPID(old)
 	waitFor(t, 10*time.Second, "the old process to account for every SIGHUP", func() bool {
 		log := b.log()
 		return strings.Contains(log, "coalesced") || strings.Contains(log, "SIGHUP ignored")
 	})
-	if st := b.status(); st.Generation != 2 {
+	// The old process may still answer on the shared control socket for a
+	// moment while it stops: ask until the new one does.
+	var st control.Status
+	b.waitStatus(10*time.Second, "the new process to answer status", func(s control.Status) bool {
+		st = s
+		return s.PID == newPID
+	})
+	if st.Generation != 2 {
 		t.Errorf("generation after 5 quick SIGHUPs: got %d, want 2", st.Generation)
 	}
 	l.progress(t, 10)
