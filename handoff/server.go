@@ -41,8 +41,13 @@ type Server struct {
 	Logger            *slog.Logger  // failed accepts, once per episode; nil discards
 	// TLSConfig, if set, makes Serve terminate TLS; HTTP/2 is served when
 	// its NextProtos offer "h2" (see h2.go for how it drains).
-	TLSConfig   *tls.Config
-	GoAwayDelay time.Duration // HTTP/2: graceful to final GOAWAY; default DefaultGoAwayDelay
+	TLSConfig *tls.Config
+	// TLSTerminated says that Serve's listener yields connections whose
+	// TLS handshake is done already: *tls.Conn, or connections with a
+	// ConnectionState method (for Request.TLS). TLSConfig then only says
+	// whether HTTP/2 is served.
+	TLSTerminated bool
+	GoAwayDelay   time.Duration // HTTP/2: graceful to final GOAWAY; default DefaultGoAwayDelay
 	// LongDrainTimeout bounds, from the start of Drain, how long
 	// WebSockets, other Upgrade connections and streaming responses stay
 	// open; the rest keep Drain's deadline. Default DefaultLongDrainTimeout.
@@ -51,6 +56,7 @@ type Server struct {
 
 	draining atomic.Bool
 	final    atomic.Bool // CloseIdle was called: no successor
+	stopped  bool        // StopAccepting was called: no connection comes any more
 	srv      *http.Server
 	h2       *h2Server // nil without TLS and h2
 
@@ -104,7 +110,9 @@ func (s *Server) Serve(ln net.Listener) error {
 	}
 	if s.TLSConfig != nil {
 		s.serveTLSLocked()
-		ln = tls.NewListener(ln, s.TLSConfig)
+		if !s.TLSTerminated {
+			ln = tls.NewListener(ln, s.TLSConfig)
+		}
 	}
 	srv := s.srv
 	s.mu.Unlock()
@@ -125,6 +133,10 @@ func orDefault(d, def time.Duration) time.Duration {
 func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	dw := drainWriters.Get().(*drainWriter)
 	c, _ := r.Context().Value(connKey{}).(net.Conn)
+	if cs, ok := c.(interface{ ConnectionState() tls.ConnectionState }); ok && r.TLS == nil {
+		st := cs.ConnectionState()
+		r.TLS = &st
+	}
 	*dw = drainWriter{ResponseWriter: w, s: s, conn: c}
 	defer func() {
 		if dw.long {
@@ -257,7 +269,7 @@ func (s *Server) connState(c net.Conn, st http.ConnState) {
 }
 
 func (s *Server) checkIdleLocked() {
-	if s.draining.Load() && s.conns <= 0 && s.pending <= 0 {
+	if s.stopped && s.conns <= 0 && s.pending <= 0 {
 		s.idleOnce.Do(func() { close(s.idleC) })
 	}
 }
@@ -282,15 +294,26 @@ func (s *Server) Addr() net.Addr {
 // StopAccepting closes the listener (the socket stays open in any other
 // process that holds it) and starts draining.
 func (s *Server) StopAccepting() {
-	s.draining.Store(true)
+	s.BeginDrain()
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.stopped = true
 	if s.ln != nil {
 		_ = s.ln.Close()
 	}
 	if s.idleC != nil {
 		s.checkIdleLocked()
 	}
+}
+
+// BeginDrain starts draining while the listener may still yield
+// connections (an epoll.Server hands them over as it drains): responses
+// close their connections, HTTP/2 connections get their graceful GOAWAY.
+// Drain waits only once StopAccepting was called.
+func (s *Server) BeginDrain() {
+	s.draining.Store(true)
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	if s.h2 != nil {
 		s.h2.drain()
 	}

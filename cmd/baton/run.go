@@ -2,10 +2,12 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"log"
 	"log/slog"
 	"net"
 	"os"
@@ -215,29 +217,7 @@ func (i *instance) start() error {
 		if err != nil {
 			return &config.Error{File: cfg.Path, Key: fmt.Sprintf("proxy.listen[%d]", n), Err: err}
 		}
-		var srv server
-		switch cfg.Engine {
-		case config.EngineEpoll:
-			srv = &epoll.Server{
-				Handler:           i.px,
-				Loops:             cfg.Threads,
-				ReadHeaderTimeout: cfg.Server.ReadHeaderTimeout,
-				IdleTimeout:       cfg.Server.IdleTimeout,
-				MaxHeaderBytes:    cfg.Server.MaxHeaderBytes,
-				MaxConns:          cfg.Server.MaxConns,
-				ErrorLog:          errLog,
-			}
-		default:
-			srv = &handoff.Server{
-				Handler:           i.px,
-				ReadHeaderTimeout: cfg.Server.ReadHeaderTimeout,
-				IdleTimeout:       cfg.Server.IdleTimeout,
-				MaxHeaderBytes:    cfg.Server.MaxHeaderBytes,
-				LongDrainTimeout:  cfg.Server.LongDrainTimeout,
-				ErrorLog:          errLog,
-				Logger:            i.log,
-			}
-		}
+		srv := i.newServer(nil, errLog)
 		i.servers = append(i.servers, srv)
 		i.addrs = append(i.addrs, ln.Addr().String())
 		i.bg.Add(1)
@@ -266,6 +246,39 @@ func (i *instance) start() error {
 		}()
 	}
 	return nil
+}
+
+// newServer is the server of one listener: the configured engine's, for
+// TLS when tc is set. The epoll plane hands what its loops do not serve
+// (HTTP/2, TLS 1.2, WebSockets, ...) to a handoff.Server, so both planes
+// drain those alike.
+func (i *instance) newServer(tc *tls.Config, errLog *log.Logger) server {
+	cfg := i.cfg
+	hs := &handoff.Server{
+		Handler:           i.px,
+		ReadHeaderTimeout: cfg.Server.ReadHeaderTimeout,
+		IdleTimeout:       cfg.Server.IdleTimeout,
+		MaxHeaderBytes:    cfg.Server.MaxHeaderBytes,
+		LongDrainTimeout:  cfg.Server.LongDrainTimeout,
+		ErrorLog:          errLog,
+		Logger:            i.log,
+		TLSConfig:         tc,
+	}
+	if cfg.Engine != config.EngineEpoll {
+		return hs
+	}
+	hs.TLSTerminated = tc != nil
+	return &epoll.Server{
+		Handler:           i.px,
+		Loops:             cfg.Threads,
+		ReadHeaderTimeout: cfg.Server.ReadHeaderTimeout,
+		IdleTimeout:       cfg.Server.IdleTimeout,
+		MaxHeaderBytes:    cfg.Server.MaxHeaderBytes,
+		MaxConns:          cfg.Server.MaxConns,
+		ErrorLog:          errLog,
+		TLSConfig:         tc,
+		Fallback:          hs,
+	}
 }
 
 // abort undoes a start that failed before Ready.

@@ -18,7 +18,7 @@ import (
 // passed to the next generation.
 const ticketsFile = "baton.tickets"
 
-// startTLS serves the [[tls]] sections: one handoff.Server per address,
+// startTLS serves the [[tls]] sections: one server per address,
 // terminating TLS with the certificates config.Load read from disk (so an
 // upgrade picks up renewed ones) and handing requests to the same proxy.
 // The session ticket keys come from the previous generation, so its
@@ -45,15 +45,7 @@ func (i *instance) startTLS(errLog *log.Logger) error {
 			}
 			tc := t.ServerConfig()
 			i.tickets.Apply(tc)
-			srv := &handoff.Server{
-				Handler:           i.px,
-				ReadHeaderTimeout: cfg.Server.ReadHeaderTimeout,
-				IdleTimeout:       cfg.Server.IdleTimeout,
-				MaxHeaderBytes:    cfg.Server.MaxHeaderBytes,
-				LongDrainTimeout:  cfg.Server.LongDrainTimeout,
-				ErrorLog:          errLog,
-				TLSConfig:         tc,
-			}
+			srv := i.newServer(tc, errLog)
 			i.servers = append(i.servers, srv)
 			i.addrs = append(i.addrs, ln.Addr().String())
 			i.bg.Add(1)

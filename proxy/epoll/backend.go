@@ -441,7 +441,7 @@ func (be *bconn) forward(p []byte) bool {
 	if !c.send(p) {
 		return false
 	}
-	if c.outR < len(c.out) {
+	if c.pending() {
 		be.paused = true // the client is slower: wait for it
 	}
 	return true
@@ -455,7 +455,7 @@ func (be *bconn) commit() {
 	if !c.flush() {
 		return
 	}
-	if c.outR < len(c.out) {
+	if c.pending() {
 		be.paused = true
 	}
 }
@@ -487,7 +487,7 @@ func (be *bconn) finish() {
 	if !c.flush() {
 		return
 	}
-	if c.outR == len(c.out) {
+	if !c.pending() {
 		c.written()
 	}
 }

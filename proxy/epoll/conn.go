@@ -2,6 +2,7 @@ package epoll
 
 import (
 	"context"
+	"io"
 	"net"
 	"os"
 	"strconv"
@@ -55,6 +56,7 @@ type conn struct {
 	idleTimed  bool // the idle (or first header) deadline is set
 	hdrTimed   bool // the header deadline of a started request is set
 	ip         string
+	tls        *tlsConn // nil for plain HTTP
 
 	x exchange
 }
@@ -89,7 +91,7 @@ func (c *conn) tm() *timer { return &c.timer }
 
 // idle reports whether c waits for a request and has none of one.
 func (c *conn) idle() bool {
-	return c.state == stIdle && c.inR == c.inW && len(c.out) == c.outR && !c.x.active
+	return c.state == stIdle && c.inR == c.inW && !c.pending() && !c.x.active
 }
 
 func (c *conn) expire(now int64) {
@@ -113,11 +115,11 @@ func (c *conn) handle(ev uint32) {
 		c.abort()
 		return
 	}
-	if ev&unix.EPOLLOUT != 0 && c.outR < len(c.out) {
+	if ev&unix.EPOLLOUT != 0 && c.pending() {
 		if !c.flush() {
 			return
 		}
-		if c.outR == len(c.out) {
+		if !c.pending() {
 			c.written()
 			if c.state == stClosed {
 				return
@@ -137,7 +139,7 @@ func (c *conn) readable(hup bool) {
 		return
 	}
 	for {
-		if c.inW-c.inR >= maxBuffered && (c.x.active || c.outR < len(c.out)) {
+		if c.inW-c.inR >= maxBuffered && (c.x.active || c.pending()) {
 			c.more = true // read on when the buffer drains
 			return
 		}
@@ -182,6 +184,9 @@ func (spaceErr) Error() string { return "buffer filled" }
 // EOF, unix.EAGAIN when nothing was there, and spaceErr when the read
 // filled the space it had.
 func (c *conn) read() (int, error) {
+	if c.tls != nil {
+		return c.readTLS()
+	}
 	if c.in == nil {
 		c.in = c.l.getSmall()
 		c.inR, c.inW = 0, 0
@@ -229,7 +234,7 @@ func (c *conn) process() {
 	defer func() { c.busy = false }()
 	for {
 		c.again = false
-		if c.state == stClosed || c.state == stLinger || c.state == stHeld || c.x.active || c.outR < len(c.out) {
+		if c.state == stClosed || c.state == stLinger || c.state == stHeld || c.x.active || c.pending() {
 			return
 		}
 		c.state = stIdle
@@ -266,7 +271,7 @@ func (c *conn) process() {
 			return
 		}
 		breq := c.l.getSmall()[:0]
-		r, breq, st := parseRequest(c.in[c.inR:c.inW], c.l.s.MaxHeaderBytes, breq, c.clientIP())
+		r, breq, st := parseRequest(c.in[c.inR:c.inW], c.l.s.MaxHeaderBytes, breq, c.clientIP(), c.tls != nil)
 		switch st {
 		case parseMore:
 			c.l.putSmall(breq)
@@ -314,7 +319,7 @@ func (c *conn) startExchange(r *request, breq []byte) {
 		hdr := c.in[c.inR : c.inR+r.n]
 		x.method, x.uri = string(r.method(hdr)), string(r.target(hdr))
 		x.ex = proxy.Exchange{Start: x.start, RemoteAddr: c.remoteAddr(), Method: x.method, URI: x.uri, Proto: "HTTP/1.1",
-			Host: string(r.host(hdr)), Referer: string(r.referer(hdr)), UserAgent: string(r.userAgent(hdr))}
+			Host: string(r.host(hdr)), Referer: string(r.referer(hdr)), UserAgent: string(r.userAgent(hdr)), TLS: c.tls != nil}
 	}
 	c.inR += r.n
 	c.state = stProxy
@@ -440,7 +445,7 @@ func (c *conn) fail(err error) {
 	c.out = out
 	x.committed = true
 	c.endExchange()
-	if c.flush() && c.outR == len(c.out) {
+	if c.flush() && !c.pending() {
 		c.written()
 	}
 }
@@ -472,6 +477,9 @@ func (c *conn) endExchange() {
 
 // flush writes what is pending; false if c was closed.
 func (c *conn) flush() bool {
+	if c.tls != nil {
+		return c.flushTLS()
+	}
 	for c.outR < len(c.out) {
 		n, err := sysWrite(c.fd, c.out[c.outR:])
 		if err == unix.EINTR {
@@ -492,6 +500,9 @@ func (c *conn) flush() bool {
 // send hands p to the socket after what is pending, keeping what the
 // socket does not take; false if c was closed.
 func (c *conn) send(p []byte) bool {
+	if c.tls != nil {
+		return c.sendTLS(p)
+	}
 	x := &c.x
 	x.committed = true
 	pending := c.out[c.outR:]
@@ -575,6 +586,7 @@ func (c *conn) startLinger() {
 		c.close()
 		return
 	}
+	c.sendAlert(alertCloseNotify)
 	_ = unix.Shutdown(c.fd, unix.SHUT_WR)
 	c.l.schedule(c, c.l.now+int64(lingerTimeout))
 	c.linger()
@@ -630,6 +642,10 @@ func (c *conn) close() {
 	}
 	c.state = stClosed
 	c.l.forget(c.fd)
+	if c.tls != nil {
+		c.sendAlert(alertCloseNotify)
+		c.releaseTLS()
+	}
 	unix.Close(c.fd)
 	c.fd = -1
 	c.l.schedule(c, 0)
@@ -665,12 +681,23 @@ func (c *conn) handOver() {
 		l.putSmall(c.out)
 		c.out = nil
 	}
+	var hc net.Conn
+	if t := c.tls; t != nil && err == nil {
+		rc := &recordConn{Conn: nc, state: t.state, rd: t.rd, wr: t.wr, pre: pre, raw: append([]byte(nil), t.raw...)}
+		if t.closed {
+			rc.rerr = io.EOF
+		}
+		hc = rc
+	} else {
+		hc = &handedConn{Conn: nc, pre: pre}
+	}
+	c.releaseTLS()
 	l.nconns--
 	if err != nil {
 		l.s.connClosed()
 		return
 	}
-	l.s.fb.handOver(nc, pre) // stays counted until net/http closes it
+	l.s.handOver(hc)
 }
 
 func (c *conn) clientIP() string {

@@ -88,8 +88,9 @@ type loop struct {
 	small, big [][]byte // free buffers
 
 	cmds     atomic.Uint32
-	evmu     sync.Mutex // orders posts against closing evfd
+	evmu     sync.Mutex // orders posts against closing evfd; guards adoptQ
 	evclosed bool
+	adoptQ   []adoption // TLS connections handed in by the front
 
 	acceptPaused bool
 	resumeAt     int64
@@ -134,6 +135,9 @@ func newLoop(s *Server, ln net.Listener, exclusive bool) (*loop, error) {
 	if err = l.register(l.evfd, eventfd{l}, uint32(unix.EPOLLIN)); err != nil {
 		l.closeFds()
 		return nil, err
+	}
+	if ln == nil {
+		return l, nil // a TLS front hands connections in
 	}
 	if l.lnfd, err = dupListener(ln); err != nil {
 		l.closeFds()
@@ -282,6 +286,9 @@ func (l *loop) command(c uint32) (exit bool) {
 	if c&cmdPoolReady != 0 {
 		l.poolReady()
 	}
+	if c&cmdAdopt != 0 {
+		l.takeAdopted()
+	}
 	if c&cmdStopAccepting != 0 && !l.stopAccept {
 		l.stopAccept = true
 		if l.lnfd >= 0 {
@@ -323,6 +330,7 @@ func (l *loop) exit() {
 	}
 	l.waitWG.Wait()
 	l.closeFds()
+	l.dropAdopted()
 }
 
 // schedule sets t's deadline (0: none).

@@ -52,7 +52,7 @@ const maxXFF = 8
 // else, malformed or merely unusual, is handed over to net/http, which is
 // then the one that accepts or refuses it: the two planes cannot disagree
 // on what a request means.
-func parseRequest(b []byte, maxHeader int, out []byte, ip string) (request, []byte, int) {
+func parseRequest(b []byte, maxHeader int, out []byte, ip string, https bool) (request, []byte, int) {
 	var r request
 	end := bytes.Index(b, crlfcrlf)
 	if end < 0 {
@@ -183,7 +183,11 @@ func parseRequest(b []byte, maxHeader int, out []byte, ip string) (request, []by
 	out = append(out, ip...)
 	out = append(out, "\r\nX-Forwarded-Host: "...)
 	out = append(out, r.hostv.of(hdr)...)
-	out = append(out, "\r\nX-Forwarded-Proto: http\r\n\r\n"...)
+	if https {
+		out = append(out, "\r\nX-Forwarded-Proto: https\r\n\r\n"...)
+	} else {
+		out = append(out, "\r\nX-Forwarded-Proto: http\r\n\r\n"...)
+	}
 	return r, out, parseOK
 }
 

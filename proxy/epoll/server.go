@@ -2,6 +2,7 @@ package epoll
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log"
@@ -49,21 +50,30 @@ type Server struct {
 	// (on EMFILE accepting pauses too).
 	MaxConns int
 	// ErrorLog receives net/http's own errors for handed-over
-	// connections; nil: the standard logger.
+	// connections, and failed TLS handshakes; nil: the standard logger.
 	ErrorLog *log.Logger
+	// TLSConfig, if set, makes Serve terminate TLS: see tlsFront. Serve
+	// sets its KeyLogWriter, which keeps each handshake's traffic secrets
+	// in memory for the loop that serves the connection.
+	TLSConfig *tls.Config
+	// Fallback serves what the loops do not; nil: plain net/http.
+	Fallback Fallback
 
 	draining  atomic.Bool
 	closeIdle atomic.Bool
-	conns     atomic.Int64 // in loops, handed over, or waiting to be
+	conns     atomic.Int64 // in loops, or in a TLS handshake
 	zeroC     chan struct{}
 
 	mu      sync.Mutex
 	ln      net.Listener
 	loops   []*loop
-	fb      *fallback
+	fb      Fallback
+	hl      *handoverListener
+	front   *tlsFront // nil without TLS
 	started bool
 	stopped bool
-	doneC   chan struct{} // closed when the loops and the fallback have stopped
+	loopsC  chan struct{} // closed when the loops have stopped
+	doneC   chan struct{} // closed when the loops, the front and the fallback have stopped
 }
 
 // Serve runs the loops on ln until the Server has drained; it returns nil
@@ -91,11 +101,21 @@ func (s *Server) Serve(ln net.Listener) error {
 	if n <= 0 {
 		n = DefaultLoops()
 	}
-	s.fb = newFallback(s)
+	s.fb = s.Fallback
+	if s.fb == nil {
+		s.fb = newNetFallback(s)
+	}
+	s.hl = newHandoverListener(ln.Addr())
+	s.loopsC = make(chan struct{})
+	lln := ln // the loops accept on it; with TLS, the front does
+	if s.TLSConfig != nil {
+		lln = nil
+		s.front = newTLSFront(s, ln)
+	}
 	var err error
 	for i := 0; i < n && err == nil; i++ {
 		var l *loop
-		l, err = newLoop(s, ln, n > 1)
+		l, err = newLoop(s, lln, n > 1)
 		if err == nil {
 			s.loops = append(s.loops, l)
 		}
@@ -105,21 +125,27 @@ func (s *Server) Serve(ln net.Listener) error {
 			l.closeFds()
 		}
 		s.loops = nil
+		close(s.loopsC)
 		close(s.doneC)
 		s.mu.Unlock()
 		return err
 	}
 	loops := s.loops
 	stopped := s.stopped
+	front := s.front
 	s.mu.Unlock()
 
-	var wg sync.WaitGroup
+	var lwg, wg sync.WaitGroup
 	for _, l := range loops {
-		wg.Add(1)
+		lwg.Add(1)
 		go func() {
-			defer wg.Done()
+			defer lwg.Done()
 			l.run()
 		}()
+	}
+	if front != nil {
+		front.wg.Add(1)
+		go front.serve()
 	}
 	if stopped {
 		s.StopAccepting()
@@ -127,11 +153,24 @@ func (s *Server) Serve(ln net.Listener) error {
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		s.fb.serve()
+		_ = s.fb.Serve(s.hl)
 	}()
+	lwg.Wait()
+	close(s.loopsC)
+	if front != nil {
+		front.wg.Wait()
+	}
 	wg.Wait()
 	close(s.doneC)
 	return nil
+}
+
+// handOver gives c to the Fallback; c is no longer the loops' to count.
+func (s *Server) handOver(c net.Conn) {
+	if !s.hl.push(c) {
+		c.Close()
+	}
+	s.connClosed()
 }
 
 // dupListener returns a copy of ln's socket for one loop, through
@@ -159,7 +198,16 @@ func dupListener(ln net.Listener) (int, error) {
 }
 
 // Connections reports how many client connections are open.
-func (s *Server) Connections() int { return int(s.conns.Load()) }
+func (s *Server) Connections() int {
+	n := int(s.conns.Load())
+	s.mu.Lock()
+	fb := s.fb
+	s.mu.Unlock()
+	if fb != nil {
+		n += fb.Connections()
+	}
+	return n
+}
 
 // Addr is the listener's address, or nil before Serve.
 func (s *Server) Addr() net.Addr {
@@ -184,6 +232,9 @@ func (s *Server) StopAccepting() {
 	for _, l := range s.loops {
 		l.post(cmdStopAccepting)
 	}
+	if s.fb != nil {
+		s.fb.BeginDrain()
+	}
 	s.noteZero()
 }
 
@@ -198,12 +249,14 @@ func (s *Server) CloseIdle() {
 		l.post(cmdCloseIdle)
 	}
 	if s.fb != nil {
-		s.fb.closeIdle()
+		s.fb.CloseIdle()
 	}
 }
 
 // Drain waits until every connection has closed. When ctx ends first it
-// closes what is left and says how many. The loops stop either way.
+// closes what is left and says how many; the Fallback may keep its
+// long-lived connections longer (handoff.Server.LongDrainTimeout). The
+// loops stop either way.
 func (s *Server) Drain(ctx context.Context) error {
 	s.StopAccepting()
 	s.mu.Lock()
@@ -226,13 +279,25 @@ func (s *Server) Drain(ctx context.Context) error {
 	for _, l := range s.loops {
 		l.post(cmdExit)
 	}
+	front := s.front
 	s.mu.Unlock()
-	s.fb.close()
-	<-s.doneC
-	if n <= 0 {
-		return nil
+	if front != nil {
+		front.closeHandshakes()
 	}
-	return &DeadlineError{Addr: s.ln.Addr().String(), Closed: int(n)}
+	<-s.loopsC
+	if front != nil {
+		front.wg.Wait()
+	}
+	// Nothing is handed over any more: the Fallback's turn.
+	s.hl.settled(ctx)
+	s.hl.shut() // (net/http's Close waits for Serve to return)
+	ferr := s.fb.Drain(ctx)
+	<-s.doneC
+	var err error
+	if n > 0 {
+		err = &DeadlineError{Addr: s.ln.Addr().String(), Closed: int(n)}
+	}
+	return errors.Join(err, ferr)
 }
 
 // DeadlineError reports connections closed at the drain deadline.
@@ -249,6 +314,9 @@ func (e *DeadlineError) Error() string {
 func (s *Server) connClosed() {
 	if s.conns.Add(-1) <= 0 {
 		s.noteZero()
+	}
+	if s.front != nil {
+		s.front.connClosed()
 	}
 }
 

@@ -1,0 +1,266 @@
+package epoll_test
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.org/x/net/http2"
+
+	"github.com/batonproxy/baton/internal/tlstest"
+	"github.com/batonproxy/baton/proxy"
+	"github.com/batonproxy/baton/proxy/epoll"
+)
+
+// tlsPlane serves pool over TLS through an epoll.Server and returns its
+// address and the client configuration that trusts it.
+func tlsPlane(t *testing.T, p proxy.Pool, errLog io.Writer) (string, *tls.Config) {
+	t.Helper()
+	ca := tlstest.NewCA(t)
+	pair := ca.Issue(t, time.Now().Add(-time.Hour), time.Now().Add(time.Hour), "localhost")
+	srvCfg := &tls.Config{Certificates: []tls.Certificate{pair.Certificate(t)}, NextProtos: []string{"h2", "http/1.1"}}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &epoll.Server{Handler: proxy.New(p, proxy.Config{HoldTimeout: time.Second}), Loops: 1, TLSConfig: srvCfg}
+	if errLog != nil {
+		s.ErrorLog = log.New(errLog, "", 0)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := s.Serve(ln); err != nil {
+			t.Error(err)
+		}
+	}()
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = s.Drain(ctx)
+		<-done
+	})
+	return ln.Addr().String(), &tls.Config{RootCAs: ca.Pool(), ServerName: "localhost"}
+}
+
+func tlsBackend() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		fmt.Fprintf(w, "%s %s proto=%s xfp=%s body=%d\n", r.Method, r.RequestURI, r.Proto, r.Header.Get("X-Forwarded-Proto"), len(body))
+	})
+	mux.HandleFunc("/big", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Length", "200000")
+		w.Write([]byte(strings.Repeat("x", 200000)))
+	})
+	return mux
+}
+
+func TestTLSKeepAlive(t *testing.T) {
+	b := backend(t, tlsBackend())
+	addr, cc := tlsPlane(t, newPool(true, b), nil)
+	tests := []struct {
+		name      string
+		version   uint16
+		protos    []string
+		wantProto string
+	}{
+		{"TLS 1.3 HTTP/1.1 (in a loop)", tls.VersionTLS13, []string{"http/1.1"}, "HTTP/1.1"},
+		{"TLS 1.2 HTTP/1.1 (net/http)", tls.VersionTLS12, []string{"http/1.1"}, "HTTP/1.1"},
+		{"TLS 1.3 h2 (net/http)", tls.VersionTLS13, []string{"h2"}, "HTTP/2.0"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg := cc.Clone()
+			cfg.MinVersion, cfg.MaxVersion, cfg.NextProtos = tt.version, tt.version, tt.protos
+			var rt http.RoundTripper = &http.Transport{TLSClientConfig: cfg}
+			if tt.protos[0] == "h2" {
+				h2 := &http2.Transport{TLSClientConfig: cfg}
+				defer h2.CloseIdleConnections()
+				rt = h2
+			}
+			dials := 0
+			var mu sync.Mutex
+			if tr, ok := rt.(*http.Transport); ok {
+				tr.DialTLSContext = func(ctx context.Context, network, a string) (net.Conn, error) {
+					mu.Lock()
+					dials++
+					mu.Unlock()
+					return tls.Dial(network, a, cfg)
+				}
+				defer tr.CloseIdleConnections()
+			}
+			client := &http.Client{Transport: rt, Timeout: 10 * time.Second}
+			for i := 0; i < 20; i++ {
+				resp, err := client.Get("https://" + addr + fmt.Sprintf("/k%d", i))
+				if err != nil {
+					t.Fatal(err)
+				}
+				body, err := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if err != nil {
+					t.Fatal(err)
+				}
+				if resp.Proto != tt.wantProto {
+					t.Errorf("proto: got %s, want %s", resp.Proto, tt.wantProto)
+				}
+				if got, want := string(body), fmt.Sprintf("GET /k%d proto=HTTP/1.1 xfp=https body=0\n", i); got != want {
+					t.Fatalf("body: got %q, want %q", got, want)
+				}
+				if resp.TLS == nil || resp.TLS.Version != tt.version {
+					t.Fatalf("TLS version: got %+v, want %x", resp.TLS, tt.version)
+				}
+			}
+			// Large responses span many records; bodies go to net/http.
+			resp, err := client.Get("https://" + addr + "/big")
+			if err != nil {
+				t.Fatal(err)
+			}
+			n, err := io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if err != nil || n != 200000 {
+				t.Fatalf("big: got %d bytes, %v; want 200000", n, err)
+			}
+			resp, err = client.Post("https://"+addr+"/post", "text/plain", strings.NewReader(strings.Repeat("p", 50000)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if got, want := string(body), "POST /post proto=HTTP/1.1 xfp=https body=50000\n"; got != want {
+				t.Fatalf("post: got %q, want %q", got, want)
+			}
+			resp, err = client.Get("https://" + addr + "/after-post")
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, _ = io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if got, want := string(body), "GET /after-post proto=HTTP/1.1 xfp=https body=0\n"; got != want {
+				t.Fatalf("after post: got %q, want %q", got, want)
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if _, ok := rt.(*http.Transport); ok && dials != 1 {
+				t.Errorf("connections: got %d, want 1 (keep-alive throughout)", dials)
+			}
+		})
+	}
+}
+
+// TestTLSPipelined: requests the client writes in one go with
+// (or right after) its Finished reach the loop from the handshake's
+// leftovers.
+func TestTLSPipelined(t *testing.T) {
+	b := backend(t, tlsBackend())
+	addr, cc := tlsPlane(t, newPool(true, b), nil)
+	cfg := cc.Clone()
+	cfg.MinVersion, cfg.NextProtos = tls.VersionTLS13, []string{"http/1.1"}
+	c, err := tls.Dial("tcp", addr, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	var reqs strings.Builder
+	for i := 0; i < 50; i++ {
+		fmt.Fprintf(&reqs, "GET /p%d HTTP/1.1\r\nHost: localhost\r\n\r\n", i)
+	}
+	if _, err := io.WriteString(c, reqs.String()); err != nil {
+		t.Fatal(err)
+	}
+	br := bufio.NewReader(c)
+	for i := 0; i < 50; i++ {
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatalf("response %d: %v", i, err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if got, want := string(body), fmt.Sprintf("GET /p%d proto=HTTP/1.1 xfp=https body=0\n", i); got != want {
+			t.Fatalf("response %d: got %q, want %q", i, got, want)
+		}
+	}
+	// close_notify then EOF, as crypto/tls expects.
+	if _, err := io.WriteString(c, "GET /last HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if _, err := br.ReadByte(); err != io.EOF {
+		t.Errorf("after Connection: close: got %v, want io.EOF (a close_notify)", err)
+	}
+}
+
+func TestTLSBadInput(t *testing.T) {
+	b := backend(t, tlsBackend())
+	var logBuf syncBuffer
+	addr, cc := tlsPlane(t, newPool(true, b), &logBuf)
+
+	t.Run("plain HTTP on the TLS port", func(t *testing.T) {
+		rc := dial(t, addr)
+		rc.send(t, "GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+		resp, body := rc.read(t, "GET")
+		if resp.StatusCode != 400 || !strings.Contains(body, "HTTPS server") {
+			t.Errorf("got %d %q, want 400 about an HTTPS server", resp.StatusCode, body)
+		}
+	})
+	t.Run("garbage record after the handshake", func(t *testing.T) {
+		cfg := cc.Clone()
+		cfg.NextProtos = []string{"http/1.1"}
+		c, err := tls.Dial("tcp", addr, cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		nc := c.NetConn()
+		_ = nc.SetDeadline(time.Now().Add(5 * time.Second))
+		// An application data record that does not authenticate.
+		if _, err := nc.Write([]byte{23, 3, 3, 0, 20, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20}); err != nil {
+			t.Fatal(err)
+		}
+		_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+		_, err = c.Read(make([]byte, 10))
+		if err == nil || !strings.Contains(err.Error(), "bad record MAC") {
+			t.Errorf("got %v, want the bad_record_mac alert", err)
+		}
+	})
+	t.Run("still serving", func(t *testing.T) {
+		cfg := cc.Clone()
+		cfg.NextProtos = []string{"http/1.1"}
+		tr := &http.Transport{TLSClientConfig: cfg}
+		defer tr.CloseIdleConnections()
+		resp, err := (&http.Client{Transport: tr, Timeout: 5 * time.Second}).Get("https://" + addr + "/ok")
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			t.Errorf("got %d", resp.StatusCode)
+		}
+	})
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}

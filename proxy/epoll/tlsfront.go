@@ -1,0 +1,379 @@
+package epoll
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/binary"
+	"errors"
+	"io"
+	"net"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// tlsFront accepts the connections of a TLS listener and runs each
+// handshake on a goroutine of its own, with crypto/tls. A TLS 1.3
+// connection that chose HTTP/1.1 and an AES-GCM suite then moves into a
+// loop, which protects its records itself (tls13.go); every other one
+// (HTTP/2, TLS 1.2, ChaCha20-Poly1305) goes to the Fallback as the
+// *tls.Conn it is.
+type tlsFront struct {
+	s    *Server
+	ln   net.Listener
+	cfg  *tls.Config
+	keys *keyLog
+	next atomic.Uint32
+	wg   sync.WaitGroup // the accept loop and the handshakes
+
+	mu     sync.Mutex
+	hs     map[net.Conn]struct{} // in their handshake
+	closed bool                  // the loops are gone
+	wake   chan struct{}         // a connection closed (for MaxConns)
+}
+
+func newTLSFront(s *Server, ln net.Listener) *tlsFront {
+	f := &tlsFront{s: s, ln: ln, cfg: s.TLSConfig, keys: newKeyLog(), hs: map[net.Conn]struct{}{}, wake: make(chan struct{}, 1)}
+	f.cfg.KeyLogWriter = f.keys
+	return f
+}
+
+// acceptBackoff bounds the pause after a failed accept (EMFILE and the
+// like): the connection waits in the backlog meanwhile.
+const (
+	acceptBackoffMin = 5 * time.Millisecond
+	acceptBackoffMax = time.Second
+)
+
+// serve accepts until the listener is closed.
+func (f *tlsFront) serve() {
+	defer f.wg.Done()
+	backoff := time.Duration(0)
+	for {
+		if m := f.s.MaxConns; m > 0 && f.s.conns.Load() >= int64(m) {
+			select {
+			case <-f.wake:
+			case <-time.After(acceptPause):
+			}
+			if f.stopped() {
+				return
+			}
+			continue
+		}
+		nc, err := f.ln.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) || f.stopped() {
+				return
+			}
+			backoff = min(max(2*backoff, acceptBackoffMin), acceptBackoffMax)
+			t := time.NewTimer(backoff)
+			select {
+			case <-t.C:
+			case <-f.wake:
+				t.Stop()
+			}
+			continue
+		}
+		backoff = 0
+		f.s.conns.Add(1)
+		f.mu.Lock()
+		if f.closed {
+			f.mu.Unlock()
+			nc.Close()
+			f.s.connClosed()
+			return
+		}
+		f.hs[nc] = struct{}{}
+		f.wg.Add(1)
+		f.mu.Unlock()
+		go f.handshake(nc)
+	}
+}
+
+func (f *tlsFront) stopped() bool { return f.s.draining.Load() }
+
+// connClosed wakes an accept loop paused at MaxConns.
+func (f *tlsFront) connClosed() {
+	select {
+	case f.wake <- struct{}{}:
+	default:
+	}
+}
+
+// closeHandshakes closes the connections still in their handshake and
+// makes later ones close when it ends: the loops are gone.
+func (f *tlsFront) closeHandshakes() {
+	f.mu.Lock()
+	f.closed = true
+	for c := range f.hs {
+		c.Close()
+	}
+	f.mu.Unlock()
+}
+
+func (f *tlsFront) handshake(nc net.Conn) {
+	defer f.wg.Done()
+	s := f.s
+	hc := &hsConn{Conn: nc, keys: f.keys, limit: true}
+	tc := tls.Server(hc, f.cfg)
+	_ = nc.SetDeadline(time.Now().Add(s.ReadHeaderTimeout))
+	err := tc.HandshakeContext(context.Background())
+	if hc.hasRandom {
+		defer f.keys.drop(hc.random)
+	}
+	f.mu.Lock()
+	delete(f.hs, nc)
+	closed := f.closed
+	f.mu.Unlock()
+	if err != nil || closed {
+		if err != nil {
+			f.handshakeFailed(nc, err)
+		}
+		nc.Close()
+		s.connClosed()
+		return
+	}
+	_ = nc.SetDeadline(time.Time{})
+	if ts := f.loopState(tc, hc); ts != nil {
+		fd, err := dupConn(nc)
+		nc.Close() // the loop's copy of the descriptor keeps the socket
+		if err != nil {
+			s.connClosed()
+			return
+		}
+		l := s.loops[int(f.next.Add(1))%len(s.loops)]
+		if !l.adopt(adoption{fd: fd, sa: sockaddrOf(nc.RemoteAddr()), tls: ts}) {
+			unix.Close(fd)
+			s.connClosed()
+		}
+		return
+	}
+	hc.limit = false
+	s.handOver(tc)
+}
+
+// handshakeFailed answers a plain HTTP request on the TLS port with a
+// 400, as net/http does, and logs the failure as net/http does.
+func (f *tlsFront) handshakeFailed(nc net.Conn, err error) {
+	var re tls.RecordHeaderError
+	if errors.As(err, &re) && re.Conn != nil && looksLikeHTTP(re.RecordHeader) {
+		_, _ = io.WriteString(re.Conn, "HTTP/1.0 400 Bad Request\r\n\r\nClient sent an HTTP request to an HTTPS server.\n")
+		return
+	}
+	if f.s.ErrorLog != nil {
+		f.s.ErrorLog.Printf("http: TLS handshake error from %s: %v", nc.RemoteAddr(), err)
+	}
+}
+
+// looksLikeHTTP is net/http's test for a TLS record header that is the
+// start of a plain HTTP request.
+func looksLikeHTTP(hdr [5]byte) bool {
+	switch string(hdr[:]) {
+	case "GET /", "HEAD ", "POST ", "PUT /", "OPTIO":
+		return true
+	}
+	return false
+}
+
+// loopState is the record protection a loop needs to serve tc, or nil
+// if tc stays with crypto/tls.
+func (f *tlsFront) loopState(tc *tls.Conn, hc *hsConn) *tlsConn {
+	st := tc.ConnectionState()
+	if st.Version != tls.VersionTLS13 || st.NegotiatedProtocol == "h2" || !hc.hasRandom || hc.left != 0 || hc.overflow {
+		return nil
+	}
+	suite, ok := loopSuite(st.CipherSuite)
+	if !ok {
+		return nil
+	}
+	sec := f.keys.take(hc.random)
+	if sec == nil {
+		return nil
+	}
+	wr, err := newHalfConn(suite, sec.server, 0)
+	if err != nil {
+		return nil
+	}
+	// The records the server protected with its application secret
+	// during the handshake (the session ticket) are counted by opening
+	// them: no assumption on how many crypto/tls sends.
+	seq, ok := countSealed(wr, hc.sent)
+	if !ok {
+		return nil
+	}
+	wr.seq = seq
+	rd, err := newHalfConn(suite, sec.client, 0)
+	if err != nil {
+		return nil
+	}
+	return &tlsConn{rd: rd, wr: wr, state: st, raw: slices.Clone(hc.buf[hc.r:hc.w])}
+}
+
+// countSealed counts the records at the end of sent that h's key opens,
+// with sequence numbers from 0; false if they are not all at the end.
+func countSealed(h *halfConn, sent [][]byte) (uint64, bool) {
+	var seq uint64
+	var nonce [12]byte
+	for _, rec := range sent {
+		h.seq = seq
+		h.nonce(&nonce)
+		if _, err := h.aead.Open(nil, nonce[:], rec[recordHeader:], rec[:recordHeader]); err != nil {
+			if seq > 0 {
+				return 0, false
+			}
+			continue
+		}
+		seq++
+	}
+	return seq, true
+}
+
+// dupConn returns a copy of c's descriptor (non-blocking, as Go set it).
+func dupConn(c net.Conn) (int, error) {
+	sc, ok := c.(syscall.Conn)
+	if !ok {
+		return -1, errors.New("epoll: connection has no descriptor")
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return -1, err
+	}
+	fd := -1
+	var derr error
+	if err := rc.Control(func(s uintptr) {
+		fd, derr = unix.FcntlInt(s, unix.F_DUPFD_CLOEXEC, 0)
+	}); err != nil {
+		return -1, err
+	}
+	return fd, derr
+}
+
+func sockaddrOf(a net.Addr) unix.Sockaddr {
+	ta, ok := a.(*net.TCPAddr)
+	if !ok {
+		return nil
+	}
+	if ip4 := ta.IP.To4(); ip4 != nil {
+		sa := &unix.SockaddrInet4{Port: ta.Port}
+		copy(sa.Addr[:], ip4)
+		return sa
+	}
+	sa := &unix.SockaddrInet6{Port: ta.Port}
+	copy(sa.Addr[:], ta.IP.To16())
+	return sa
+}
+
+// maxCaptured bounds what hsConn keeps of the server's handshake flight.
+const maxCaptured = 64 << 10
+
+// hsConn is the TCP connection under crypto/tls during a handshake. It
+// gives crypto/tls no byte beyond the record it is reading, so that what
+// the client sends after its Finished stays here for the loop; it notes
+// the client random (to find the handshake's secrets in the key log); and
+// it keeps a copy of the protected records the server sends, to count
+// those already protected with the application traffic secret.
+type hsConn struct {
+	net.Conn
+	keys      *keyLog
+	limit     bool // false once handed to crypto/tls for good
+	buf       []byte
+	r, w      int
+	left      int // bytes of the current record not given yet
+	seenFirst bool
+	hasRandom bool
+	random    [32]byte
+	sent      [][]byte
+	wpart     []byte // the start of a record written in part
+	captured  int
+	overflow  bool
+}
+
+func (c *hsConn) Read(p []byte) (int, error) {
+	if !c.limit {
+		if c.r < c.w {
+			n := copy(p, c.buf[c.r:c.w])
+			c.r += n
+			return n, nil
+		}
+		return c.Conn.Read(p)
+	}
+	if c.left == 0 {
+		if err := c.fill(recordHeader); err != nil {
+			return 0, err
+		}
+		hdr := c.buf[c.r : c.r+recordHeader]
+		c.left = recordHeader + int(binary.BigEndian.Uint16(hdr[3:]))
+		if !c.seenFirst {
+			c.seenFirst = true
+			// header, handshake type (1) and length (3), version (2),
+			// then the random.
+			if hdr[0] == recordHandshake && c.left >= 43 && c.fill(43) == nil && c.buf[c.r+5] == 1 {
+				copy(c.random[:], c.buf[c.r+11:c.r+43])
+				c.hasRandom = true
+				c.keys.expect(c.random)
+			}
+		}
+	}
+	if c.r == c.w {
+		if err := c.fill(1); err != nil {
+			return 0, err
+		}
+	}
+	n := copy(p[:min(len(p), c.left)], c.buf[c.r:c.w])
+	c.r += n
+	c.left -= n
+	return n, nil
+}
+
+// fill reads until n bytes are buffered.
+func (c *hsConn) fill(n int) error {
+	for c.w-c.r < n {
+		if c.r > 0 {
+			c.w = copy(c.buf, c.buf[c.r:c.w])
+			c.r = 0
+		}
+		if len(c.buf)-c.w < 512 {
+			nb := make([]byte, max(4096, 2*len(c.buf)))
+			copy(nb, c.buf[:c.w])
+			c.buf = nb
+		}
+		m, err := c.Conn.Read(c.buf[c.w:])
+		c.w += m
+		if err != nil && c.w-c.r < n {
+			return err
+		}
+	}
+	return nil
+}
+
+func (c *hsConn) Write(p []byte) (int, error) {
+	if c.limit && !c.overflow {
+		c.capture(p)
+	}
+	return c.Conn.Write(p)
+}
+
+// capture keeps the protected records of the server's flight.
+func (c *hsConn) capture(p []byte) {
+	c.captured += len(p)
+	if c.captured > maxCaptured {
+		c.overflow, c.sent, c.wpart = true, nil, nil
+		return
+	}
+	b := append(c.wpart, p...)
+	for len(b) >= recordHeader {
+		n := recordHeader + int(binary.BigEndian.Uint16(b[3:5]))
+		if len(b) < n {
+			break
+		}
+		if b[0] == recordAppData {
+			c.sent = append(c.sent, slices.Clone(b[:n]))
+		}
+		b = b[n:]
+	}
+	c.wpart = slices.Clone(b)
+}
