@@ -119,7 +119,7 @@ func idleLimit(n int) int { return n + 1000 }
 func raiseNofile(want, need uint64) (uint64, error) {
 	var lim syscall.Rlimit
 	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
-		return 0, fmt.Errorf("bench: getrlimit(RLIMIT_NOFILE): %w", err)
+		return 0, fmt.Errorf("getrlimit(RLIMIT_NOFILE): %w", err)
 	}
 	if lim.Max < want {
 		if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &syscall.Rlimit{Cur: want, Max: want}); err == nil {
@@ -128,10 +128,10 @@ func raiseNofile(want, need uint64) (uint64, error) {
 	}
 	next := syscall.Rlimit{Cur: min(want, lim.Max), Max: lim.Max}
 	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &next); err != nil {
-		return lim.Cur, fmt.Errorf("bench: setrlimit(RLIMIT_NOFILE, %d): %w", next.Cur, err)
+		return lim.Cur, fmt.Errorf("setrlimit(RLIMIT_NOFILE, %d): %w", next.Cur, err)
 	}
 	if next.Cur < need {
-		return next.Cur, fmt.Errorf("bench: RLIMIT_NOFILE: the hard limit %d is below the %d the idle-connection test needs "+
+		return next.Cur, fmt.Errorf("RLIMIT_NOFILE: the hard limit %d is below the %d the idle-connection test needs "+
 			"(raise it: ulimit -Hn, as root; or lower -idle-conns)", lim.Max, need)
 	}
 	return next.Cur, nil

@@ -105,7 +105,7 @@ func newBench(opts options, tl tools, log io.Writer) (*bench, error) {
 		b.nofile = n
 		if err != nil {
 			b.nofileErr = err
-			fmt.Fprintf(log, "%v (the idle-connection test will fail)\n", err)
+			fmt.Fprintf(log, "bench: %v (the idle-connection test will fail)\n", err)
 		} else {
 			fmt.Fprintf(log, "bench: RLIMIT_NOFILE %d for the bench and the servers it starts\n", n)
 		}
