@@ -430,5 +430,8 @@ func renderSyscalls(w *strings.Builder, r syscallResults) {
 	}
 	fmt.Fprintf(w, "\nFailed calls are calls that returned an error; on these non-blocking sockets mostly EAGAIN: a read "+
 		"that found nothing yet, or (baton's stdlib plane) the MSG_PEEK probe of a pooled backend connection before "+
-		"reusing it, which fails with EAGAIN when the connection is fine.\n\n")
+		"reusing it, which fails with EAGAIN when the connection is fine. The Go rows include the runtime's own calls "+
+		"(futex, nanosleep, epoll_pwait of the netpoller, getpid+tgkill of preemption), which grow when threads "+
+		"idle between requests, and under strace they idle more, so those rows vary more between runs than "+
+		"HAProxy's and nginx's; compare rows of one run.\n\n")
 }
