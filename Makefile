@@ -45,7 +45,7 @@ deps-test: deps
 	$(call need,dpkg systemd gzip man-db chromium)
 
 deps-bench:
-	$(call need,apache2 lighttpd wrk haproxy nginx-light nghttp2-client)
+	$(call need,apache2 lighttpd wrk haproxy nginx-light nghttp2-client strace)
 
 build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/baton

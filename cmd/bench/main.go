@@ -2,6 +2,7 @@
 // front of one nginx backend, and measures baton's upgrades under load.
 //
 //	go run ./cmd/bench -baton bin/baton [-duration 10s] [-rounds 3] [-out BENCHMARKS.md] [-quick]
+//		[-syscalls=true] [-syscall-duration 3s] [-idle-conns 10000]
 //
 // It needs wrk, haproxy and nginx (Debian: wrk haproxy nginx-light), and
 // the go command, run inside the baton module: it builds two reference
@@ -18,6 +19,15 @@
 // connection counts, plus go-minimal with GOMAXPROCS=1 on small.txt at 50
 // connections only, each -rounds times: 29 x rounds x duration of wall
 // time, plus about two minutes of upgrade tests.
+//
+// Two more sections use the same servers or fresh instances of them, once
+// each (not -rounds times): system calls per request, counted by strace -c
+// (which needs strace, Debian package strace, and ptrace rights) during
+// one -syscall-duration wrk run per proxy, about 5 s each; and memory per
+// idle keep-alive connection, for which fresh instances each get
+// -idle-conns connections (RLIMIT_NOFILE is raised for that, which needs
+// root above the hard limit), about 5-10 s each. -syscalls=false and
+// -idle-conns 0 leave them out.
 package main
 
 import (
@@ -41,6 +51,10 @@ type options struct {
 	rounds   int
 	out      string
 	quick    bool
+
+	syscalls        bool          // count system calls per request under strace
+	syscallDuration time.Duration // of each traced wrk run
+	idleConns       int           // idle connections per proxy; 0: no idle-connection test
 }
 
 // tools are the absolute paths of the external programs used.
@@ -101,6 +115,20 @@ func runBench(ctx context.Context, opts options, tl tools, stdout, stderr io.Wri
 		fmt.Fprintln(stderr, err)
 		return 1
 	}
+	sc := syscallResults{skipped: "-syscalls=false"}
+	if opts.syscalls {
+		sc = b.measureSyscalls(ctx)
+		if ctx.Err() != nil {
+			return 1
+		}
+	}
+	idle := idleResults{conns: opts.idleConns}
+	if opts.idleConns > 0 {
+		idle = b.measureIdle(ctx)
+		if ctx.Err() != nil {
+			return 1
+		}
+	}
 	upg := b.measureUpgrades(ctx)
 	if ctx.Err() != nil {
 		return 1
@@ -111,7 +139,7 @@ func runBench(ctx context.Context, opts options, tl tools, stdout, stderr io.Wri
 	}
 	logs := b.batonLogSummary()
 	info := collectMachineInfo(ctx, tl, opts.baton)
-	md := renderReport(info, opts, matrix, upg, logs, time.Since(started)) + renderTLS(tlsRes, opts)
+	md := renderReport(info, opts, matrix, sc, idle, upg, logs, time.Since(started)) + renderTLS(tlsRes, opts)
 
 	fmt.Fprint(stdout, md)
 	code := 0
@@ -121,7 +149,7 @@ func runBench(ctx context.Context, opts options, tl tools, stdout, stderr io.Wri
 			code = 1
 		}
 	}
-	if matrix.failed() || upg.failed() || tlsRes.failed() {
+	if matrix.failed() || sc.failed() || idle.failed() || upg.failed() || tlsRes.failed() {
 		fmt.Fprintln(stderr, "bench: some measurements failed; see the report")
 		code = 1
 	}
@@ -138,6 +166,9 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.IntVar(&o.rounds, "rounds", 3, "rounds over all setups; the report gives medians")
 	fs.StringVar(&o.out, "out", "", "also write the Markdown report to this `file`")
 	fs.BoolVar(&o.quick, "quick", false, "smoke run: -duration 3s -rounds 1")
+	fs.BoolVar(&o.syscalls, "syscalls", true, "count system calls per request with strace -c (one traced wrk run per proxy)")
+	fs.DurationVar(&o.syscallDuration, "syscall-duration", 3*time.Second, "length of each traced wrk run (whole seconds)")
+	fs.IntVar(&o.idleConns, "idle-conns", 10000, "idle keep-alive connections per proxy in the memory test; 0 skips it")
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
@@ -166,6 +197,13 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	}
 	if o.rounds < 1 {
 		return o, errors.New("bench: -rounds must be at least 1")
+	}
+	o.syscallDuration = o.syscallDuration.Round(time.Second)
+	if o.syscalls && o.syscallDuration < time.Second {
+		return o, errors.New("bench: -syscall-duration must be at least 1s (wrk counts whole seconds)")
+	}
+	if o.idleConns < 0 || o.idleConns > 100000 {
+		return o, fmt.Errorf("bench: -idle-conns must be between 0 and 100000, got %d", o.idleConns)
 	}
 	return o, nil
 }

@@ -125,7 +125,7 @@ func summarizeLog(l namedLog) []logLine {
 }
 
 // renderReport writes the Markdown report.
-func renderReport(mi machineInfo, opts options, m *matrix, u upgradeResults, logs []logLine, took time.Duration) string {
+func renderReport(mi machineInfo, opts options, m *matrix, sc syscallResults, idle idleResults, u upgradeResults, logs []logLine, took time.Duration) string {
 	var w strings.Builder
 	fmt.Fprintf(&w, "# baton benchmarks\n\n")
 	fmt.Fprintf(&w, "Machine: %d CPUs (nproc), %s; %s; %s; %s; nginx %s; HAProxy %s; wrk %s; baton %s.\n\n",
@@ -160,6 +160,10 @@ func renderReport(mi machineInfo, opts options, m *matrix, u upgradeResults, log
 		"wherever the kernel happens to run it.\n\n", m.clkTck, tckNote(m.tckOK))
 	for _, c := range m.cells {
 		renderCell(&w, m, c)
+	}
+	renderSyscalls(&w, sc)
+	if idle.conns > 0 {
+		renderIdle(&w, idle)
 	}
 	renderUpgrades(&w, u)
 	renderLogs(&w, logs)

@@ -82,6 +82,8 @@ type bench struct {
 	batonLogs   []namedLog // every baton instance's
 	haproxyLog  string
 	stopReaper  context.CancelFunc
+	nofile      uint64 // RLIMIT_NOFILE, raised for the idle-connection test
+	nofileErr   error  // raising it far enough failed
 }
 
 func newBench(opts options, tl tools, log io.Writer) (*bench, error) {
@@ -96,6 +98,17 @@ func newBench(opts options, tl tools, log io.Writer) (*bench, error) {
 	if err := os.Chmod(dir, 0o755); err != nil {
 		os.RemoveAll(dir)
 		return nil, fmt.Errorf("bench: temp dir: %w", err)
+	}
+	if opts.idleConns > 0 {
+		// Before any server starts: they inherit it.
+		n, err := raiseNofile(nofileWanted(opts.idleConns), nofileNeeded(opts.idleConns))
+		b.nofile = n
+		if err != nil {
+			b.nofileErr = err
+			fmt.Fprintf(log, "bench: %v (the idle-connection test will fail)\n", err)
+		} else {
+			fmt.Fprintf(log, "bench: RLIMIT_NOFILE %d for the bench and the servers it starts\n", n)
+		}
 	}
 	if err := becomeSubreaper(); err != nil {
 		fmt.Fprintf(log, "%v (old baton generations may stay zombies)\n", err)
@@ -327,7 +340,8 @@ const nginxMain = `worker_processes 1;
 daemon off;
 pid {{.Dir}}/{{.Name}}.pid;
 error_log {{.Dir}}/{{.Name}}-error.log warn;
-events { worker_connections 4096; }
+{{with .NofileLimit}}worker_rlimit_nofile {{.}};
+{{end}}events { worker_connections {{.WorkerConns}}; }
 `
 
 const nginxHTTPCommon = `	access_log off;
@@ -372,10 +386,23 @@ type serverData struct {
 	Port               int
 	Proxy              string // more [proxy] keys
 	Extra              string // appended to the configuration
+	MaxConns           int    // HAProxy's maxconn (idle-connection test)
+	WorkerConns        int    // nginx's worker_connections
+	NofileLimit        int    // nginx's worker_rlimit_nofile; 0: none
 }
 
+// nginxWorkerConns is the measured nginx instances' worker_connections.
+const nginxWorkerConns = 4096
+
 func (b *bench) startNginx(name, tmpl string, port int) (*proc, error) {
-	d := serverData{Dir: b.dir, Name: name, Backend: b.backendAddr, Port: port}
+	return b.startNginxWith(name, tmpl, port, nginxWorkerConns, 0)
+}
+
+// startNginxWith starts nginx with the configuration tmpl, named name,
+// with workerConns worker_connections and, if nofile is not 0, that
+// worker_rlimit_nofile.
+func (b *bench) startNginxWith(name, tmpl string, port, workerConns, nofile int) (*proc, error) {
+	d := serverData{Dir: b.dir, Name: name, Backend: b.backendAddr, Port: port, WorkerConns: workerConns, NofileLimit: nofile}
 	if err := os.MkdirAll(b.path(name+"-tmp"), 0o755); err != nil {
 		return nil, fmt.Errorf("nginx temp dir: %w", err)
 	}
