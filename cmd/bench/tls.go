@@ -36,11 +36,12 @@ const (
 	h2Streams   = 10
 	tlsHAProxy  = "haproxy"
 	tlsNginx    = "nginx"
-	tlsBaton    = "baton-1t"
+	tlsBaton    = "baton (stdlib, 1 thread)"
+	tlsEpoll    = "baton (epoll, 1 loop)"
 	tlsCertName = "bench-site"
 )
 
-var tlsSetups = []string{tlsHAProxy, tlsNginx, tlsBaton}
+var tlsSetups = []string{tlsHAProxy, tlsNginx, tlsBaton, tlsEpoll}
 
 // tlsResults are the HTTPS runs: per setup, one value per round.
 type tlsResults struct {
@@ -219,6 +220,7 @@ const nginxTLSConf = nginxMain + `http {
 
 const batonTLSConf = `[proxy]
 threads = 1
+{{.Proxy}}
 
 [[tls]]
 listen = ["127.0.0.1:{{.Port}}"]
@@ -260,13 +262,17 @@ func (b *bench) startTLSServer(ctx context.Context, name string) (*proc, string,
 		if p, err = b.startNginx("nginx-tls", nginxTLSConf, port); err != nil {
 			return nil, "", err
 		}
-	case tlsBaton:
-		d := serverData{Dir: b.dir, Name: "baton-tls", Backend: b.backendAddr, Port: port}
-		conf, err := b.writeConfig("baton-tls.toml", batonTLSConf, d)
+	case tlsBaton, tlsEpoll:
+		id, engine := "baton-tls", "stdlib"
+		if name == tlsEpoll {
+			id, engine = "baton-tls-epoll", "epoll"
+		}
+		d := serverData{Dir: b.dir, Name: id, Backend: b.backendAddr, Port: port, Proxy: fmt.Sprintf("engine = %q", engine)}
+		conf, err := b.writeConfig(id+".toml", batonTLSConf, d)
 		if err != nil {
 			return nil, "", err
 		}
-		if p, err = startProc("baton-tls", b.path("baton-tls.log"), b.opts.baton, "run", "--config", conf); err != nil {
+		if p, err = startProc(id, b.path(id+".log"), b.opts.baton, "run", "--config", conf); err != nil {
 			return nil, "", err
 		}
 	}

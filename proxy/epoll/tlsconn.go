@@ -21,7 +21,8 @@ type tlsConn struct {
 	raw    []byte // ciphertext not opened yet (a record in part)
 	wbuf   []byte
 	wR     int
-	closed bool // close_notify came, or a fatal alert went
+	closed bool // close_notify came, or a protocol error: nothing more is read
+	alert  bool // an alert went: nothing more is written
 }
 
 // adoption is a connection a TLS front hands to a loop.
@@ -159,7 +160,9 @@ func (c *conn) openRecords() bool {
 		}
 		off += used
 		if o.keyUpdate {
-			c.keyUpdate()
+			if c.keyUpdate(); c.state == stClosed {
+				return false
+			}
 		}
 		c.appendIn(o.data)
 	}
@@ -206,13 +209,16 @@ func (c *conn) appendIn(p []byte) {
 	c.inW += copy(c.in[c.inW:], p)
 }
 
-// keyUpdate answers a client's KeyUpdate that asks for one.
+// keyUpdate answers a client's KeyUpdate that asks for one, at once: a
+// response held back in c.out follows it under the new key.
 func (c *conn) keyUpdate() {
 	t := c.tls
 	t.wbuf = t.wr.seal(t.wbufOrNew(c.l), keyUpdateMsg, recordHandshake)
 	if err := t.wr.update(); err != nil {
 		t.closed = true
+		return
 	}
+	c.writeWbuf()
 }
 
 func (t *tlsConn) wbufOrNew(l *loop) []byte {
@@ -236,6 +242,11 @@ func (c *conn) sealOut() {
 // flushTLS writes the protected records pending; false if c was closed.
 func (c *conn) flushTLS() bool {
 	c.sealOut()
+	return c.writeWbuf()
+}
+
+// writeWbuf writes what is protected already; false if c was closed.
+func (c *conn) writeWbuf() bool {
 	t := c.tls
 	for t.wR < len(t.wbuf) {
 		n, err := sysWrite(c.fd, t.wbuf[t.wR:])
@@ -283,10 +294,10 @@ func (c *conn) pending() bool {
 // waiting to be written; best effort, the connection is closing.
 func (c *conn) sendAlert(desc byte) {
 	t := c.tls
-	if t == nil || t.closed || t.wR < len(t.wbuf) || c.fd < 0 {
+	if t == nil || t.alert || t.wR < len(t.wbuf) || c.fd < 0 {
 		return
 	}
-	t.closed = true
+	t.alert = true
 	var buf [64]byte
 	rec := t.wr.alertRecord(buf[:0], desc)
 	_, _ = sysWrite(c.fd, rec)
