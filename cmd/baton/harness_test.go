@@ -344,3 +344,15 @@ func copyFile(t testing.TB, src, dst string, mode os.FileMode) {
 		t.Fatal(err)
 	}
 }
+
+// needTool skips t when a real client is missing, or fails it under
+// CI=true, where every tool must be installed (make deps-test).
+func needTool(t testing.TB, name, pkg string) {
+	t.Helper()
+	if _, err := exec.LookPath(name); err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("%s not found (Debian package %s; CI=true: this is a failure)", name, pkg)
+		}
+		t.Skipf("%s not found (Debian package %s)", name, pkg)
+	}
+}

@@ -424,9 +424,7 @@ func TestTLS(t *testing.T) {
 		}
 	})
 	t.Run("curl", func(t *testing.T) {
-		if _, err := exec.LookPath("curl"); err != nil {
-			t.Skip("no curl")
-		}
+		needTool(t, "curl", "curl")
 		port := addr[strings.LastIndex(addr, ":")+1:]
 		for _, tc := range []struct{ flag, proto string }{{"--http2", "HTTP/2"}, {"--http1.1", "HTTP/1.1"}} {
 			out, err := exec.Command("curl", "-sS", "-i", tc.flag, "--cacert", site.caPEM,
@@ -438,6 +436,11 @@ func TestTLS(t *testing.T) {
 				t.Errorf("curl %s: got\n%s\nwant %s 200 and proto=https", tc.flag, s, tc.proto)
 			}
 		}
+	})
+
+	t.Run("openssl KeyUpdate", func(t *testing.T) {
+		needTool(t, "openssl", "openssl")
+		opensslKeyUpdate(t, addr, site.caPEM)
 	})
 
 	l := startHTTPSLoad(t, addr, site.clientConfig("site.test"), httpsSpec{H2Get: 4, H1Get: 2, H2Post: 2, RawTLS: 2, NewConn: 1})
@@ -557,6 +560,9 @@ func TestTLSRestartsAndUpgrades(t *testing.T) {
 	}
 
 	if _, err := exec.LookPath("h2load"); err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("no h2load (Debian package nghttp2-client; CI=true: this is a failure)")
+		}
 		t.Log("no h2load (Debian package nghttp2-client): skipping its part")
 	} else {
 		done := make(chan h2loadResult, 1)
@@ -630,4 +636,66 @@ func TestSoakHTTPS(t *testing.T) {
 	if kinds["upgrade"] < 3 || kinds["restart"] < 2 || rep.Failed != 0 || rep.Requests < 1000 {
 		t.Errorf("figures: %v events, %d requests, %d failed; want >= 3 upgrades, >= 2 restarts, >= 1000 requests, 0 failed", kinds, rep.Requests, rep.Failed)
 	}
+}
+
+// opensslKeyUpdate sends a request with openssl s_client, then a TLS 1.3
+// KeyUpdate that asks for one in return (s_client's "K" command), then a
+// request on the same connection: both are answered, the second under the
+// new keys.
+func opensslKeyUpdate(t *testing.T, addr, caPEM string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "openssl", "s_client", "-connect", addr, "-servername", "site.test",
+		"-CAfile", caPEM, "-tls1_3", "-alpn", "http/1.1", "-verify_return_error")
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stderr = cmd.Stdout
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		stdin.Close()
+		_ = cmd.Wait()
+	}()
+	lines := make(chan string, 256)
+	go func() {
+		defer close(lines)
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			lines <- sc.Text()
+		}
+	}()
+	var seen []string
+	waitFor := func(want string) {
+		t.Helper()
+		for {
+			select {
+			case line, ok := <-lines:
+				if !ok {
+					t.Fatalf("openssl ended before %q; output:\n%s", want, strings.Join(seen, "\n"))
+				}
+				seen = append(seen, line)
+				if strings.Contains(line, want) {
+					return
+				}
+			case <-ctx.Done():
+				t.Fatalf("no %q from openssl; output:\n%s", want, strings.Join(seen, "\n"))
+			}
+		}
+	}
+	request := "GET /cgi-bin/headers.sh HTTP/1.1\r\nHost: site.test\r\n\r\n"
+	io.WriteString(stdin, request)
+	waitFor("proto=https")
+	io.WriteString(stdin, "K\n")
+	waitFor("KEYUPDATE")
+	io.WriteString(stdin, strings.Replace(request, "\r\n\r\n", "\r\nConnection: close\r\n\r\n", 1))
+	waitFor("proto=https")
+	waitFor("closed")
 }
