@@ -44,6 +44,7 @@ func (f *fallback) serve() {
 // handOver gives c (with the bytes already read from it) to net/http. It
 // is called on a loop and does not block. c stays counted until closed.
 func (f *fallback) handOver(c net.Conn, buffered []byte) {
+	f.s.handed.Add(1)
 	hc := &handedConn{Conn: c, f: f, pre: buffered}
 	f.mu.Lock()
 	if f.closed {

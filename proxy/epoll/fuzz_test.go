@@ -78,7 +78,7 @@ func (r *recorder) serve() {
 				}
 				sort.Strings(lines)
 				b.WriteString(strings.Join(lines, "\n"))
-				fmt.Fprintf(&b, "\nbody %q", body)
+				fmt.Fprintf(&b, "\nbody %q (length %d, transfer-encoding %q, trailer %v)", body, req.ContentLength, req.TransferEncoding, req.Trailer)
 				r.mu.Lock()
 				// A request without Host gets the backend's address.
 				r.rq = append(r.rq, strings.ReplaceAll(b.String(), r.ln.Addr().String(), "<backend>"))
@@ -116,6 +116,15 @@ func (u *fuzzUpstream) Transport(replay bool) http.RoundTripper {
 }
 func (u *fuzzUpstream) Done(error) { u.inflight.Add(-1) }
 
+// Options and Epoch make it a proxy.ConnUpstream with the settings of its
+// transports.
+func (u *fuzzUpstream) Options() proxy.UpstreamOptions {
+	return proxy.UpstreamOptions{ResponseHeaderTimeout: 5 * time.Second, ExpectContinueTimeout: fuzzExpectContinue}
+}
+func (u *fuzzUpstream) Epoch() uint64 { return 0 }
+
+const fuzzExpectContinue = 10 * time.Millisecond
+
 type onePool struct{ u *fuzzUpstream }
 
 func (p onePool) Pick(proxy.Upstream) (proxy.Upstream, error) {
@@ -135,7 +144,7 @@ type side struct {
 
 func newSide(t testing.TB, engine string) *side {
 	rec := newRecorder(t)
-	std := &http.Transport{DisableCompression: true, ExpectContinueTimeout: 10 * time.Millisecond}
+	std := &http.Transport{DisableCompression: true, ExpectContinueTimeout: fuzzExpectContinue}
 	fresh := std.Clone()
 	fresh.DisableKeepAlives = true
 	up := &fuzzUpstream{addr: rec.ln.Addr().String(), fresh: fresh,

@@ -55,6 +55,7 @@ type Server struct {
 	draining  atomic.Bool
 	closeIdle atomic.Bool
 	conns     atomic.Int64 // in loops, handed over, or waiting to be
+	handed    atomic.Int64 // connections handed over to net/http so far
 	zeroC     chan struct{}
 
 	mu      sync.Mutex
