@@ -373,7 +373,7 @@ func (c *conn) bodyError(err error) {
 // spaces and tabs, ending in CRLF with no other CR and no bare LF, at most
 // maxChunkLine bytes; chunk data ends in CRLF; a sender whose framing
 // outweighs its data too much is refused; trailer lines must be
-// well-formed header lines (they are dropped, as the net/http plane drops
+// well-formed header lines, continuations allowed (they are dropped, as the net/http plane drops
 // undeclared trailers).
 type chunkDecoder struct {
 	state  uint8
@@ -382,7 +382,8 @@ type chunkDecoder struct {
 	digits int
 	left   uint64 // data bytes left in the chunk
 	excess int64
-	tlen   int // trailer bytes
+	tlen   int  // trailer bytes
+	tline  bool // a trailer line was read: a continuation may follow
 }
 
 const (
@@ -523,6 +524,8 @@ func (d *chunkDecoder) next(p []byte, max int) (n int, data []byte, done bool, e
 			switch {
 			case c == '\r':
 				d.state = dEndLF
+			case (c == ' ' || c == '\t') && d.tline:
+				d.state = dTrailerValue // obs-fold, as textproto reads it
 			case tchar[c]:
 				d.state = dTrailerName
 			default:
@@ -531,7 +534,7 @@ func (d *chunkDecoder) next(p []byte, max int) (n int, data []byte, done bool, e
 		case dTrailerName:
 			switch {
 			case c == ':':
-				d.state = dTrailerValue
+				d.state, d.tline = dTrailerValue, true
 			case !tchar[c]:
 				return i, nil, false, errTrailer
 			}

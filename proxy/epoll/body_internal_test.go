@@ -58,7 +58,8 @@ func TestChunkDecoder(t *testing.T) {
 		{"sign", "+5\r\nhello\r\n0\r\n\r\n", "", false, true},
 		{"0x", "0x5\r\nhello\r\n0\r\n\r\n", "", false, true},
 		{"bad trailer", "0\r\nno colon\r\n\r\n", "", false, true},
-		{"obs-fold trailer", "0\r\nX: a\r\n b\r\n\r\n", "", false, true},
+		{"obs-fold trailer", "0\r\nX: a\r\n b\r\n\r\n", "", true, false},
+		{"obs-fold first trailer", "0\r\n b\r\n\r\n", "", false, true},
 		{"long ext", "1;" + strings.Repeat("x", 5000) + "\r\na\r\n0\r\n\r\n", "", false, true},
 		{"excess", strings.Repeat("1;"+strings.Repeat("e", 100)+"\r\na\r\n", 200) + "0\r\n\r\n", strings.Repeat("a", 150), false, true},
 	} {

@@ -83,6 +83,11 @@ func (r *recorder) serve() {
 				// A request without Host gets the backend's address.
 				r.rq = append(r.rq, strings.ReplaceAll(b.String(), r.ln.Addr().String(), "<backend>"))
 				r.mu.Unlock()
+				if strings.HasPrefix(req.RequestURI, "/chunked") {
+					// A chunked answer (HTTP/1.0 clients get it decoded).
+					fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\n", len(req.RequestURI), req.RequestURI)
+					continue
+				}
 				fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s", len(req.RequestURI), req.RequestURI)
 			}
 		}()
@@ -211,7 +216,12 @@ func (s *side) exchange(t testing.TB, raw []byte) (statuses []string, atBackend 
 		}
 		body, err := io.ReadAll(resp.Body)
 		resp.Body.Close()
-		statuses = append(statuses, fmt.Sprint(resp.StatusCode))
+		st := fmt.Sprint(resp.StatusCode)
+		if resp.StatusCode < 300 {
+			// The backend's answers must arrive alike (framing decoded).
+			st = fmt.Sprintf("%d %s %q", resp.StatusCode, resp.Proto, body)
+		}
+		statuses = append(statuses, st)
 		if err != nil || string(body) == "/__end" {
 			break
 		}
