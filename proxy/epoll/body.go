@@ -609,3 +609,20 @@ func (be *bconn) forwardDechunked() bool {
 	be.rearm()
 	return !be.paused
 }
+
+// skipCRLF skips the CR and LF bytes among the next four after a POST, as
+// net/http's server does ("tolerance for old buggy clients"); false if it
+// must see more bytes to know.
+func (c *conn) skipCRLF() bool {
+	p := c.in[c.inR:c.inW]
+	k := 0
+	for k < len(p) && k < 4 && (p[k] == '\r' || p[k] == '\n') {
+		k++
+	}
+	if k == len(p) && k < 4 && !c.eof {
+		return false // net/http peeks at four bytes
+	}
+	c.inR += k
+	c.afterPost = false
+	return true
+}

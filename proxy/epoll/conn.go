@@ -55,6 +55,7 @@ type conn struct {
 	again      bool
 	idleTimed  bool // the idle (or first header) deadline is set
 	hdrTimed   bool // the header deadline of a started request is set
+	afterPost  bool // the last request was a POST: CR and LF before the next are skipped
 	ip         string
 
 	x exchange
@@ -278,6 +279,22 @@ func (c *conn) process() {
 			}
 			return
 		}
+		if c.afterPost && !c.skipCRLF() {
+			if !c.hdrTimed {
+				c.hdrTimed = true
+				c.l.schedule(c, c.l.now+int64(c.l.s.ReadHeaderTimeout))
+			}
+			if c.more {
+				if n, _ := c.read(); n < 0 {
+					return
+				}
+				continue
+			}
+			return
+		}
+		if c.inR == c.inW {
+			continue
+		}
 		breq := c.l.getSmall()[:0]
 		r, breq, st := parseRequest(c.in[c.inR:c.inW], c.l.s.MaxHeaderBytes, breq, c.clientIP())
 		switch st {
@@ -335,6 +352,7 @@ func (c *conn) startExchange(r *request, breq []byte) {
 			Host: string(r.host(hdr)), Referer: string(r.referer(hdr)), UserAgent: string(r.userAgent(hdr))}
 	}
 	c.inR += r.n
+	c.afterPost = r.meth.j == 4 && string(c.in[c.inR-r.n:c.inR-r.n+4]) == "POST"
 	c.state = stProxy
 	l.schedule(c, 0)
 	l.attempt(c)
