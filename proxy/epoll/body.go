@@ -1,6 +1,7 @@
 package epoll
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"net"
@@ -382,7 +383,7 @@ type chunkDecoder struct {
 	digits int
 	left   uint64 // data bytes left in the chunk
 	excess int64
-	tlen   int  // trailer bytes
+	tlen   int  // trailer bytes, once one begins
 	tline  bool // a trailer line was read: a continuation may follow
 }
 
@@ -401,6 +402,9 @@ const (
 	dEndLF
 	dDone
 )
+
+// maxTrailerPeek is how far net/http looks for the end of a trailer.
+const maxTrailerPeek = 4096
 
 // maxChunkLine is the longest size line net/http reads (its 4 KiB read
 // buffer, CRLF included).
@@ -521,7 +525,28 @@ func (d *chunkDecoder) next(p []byte, max int) (n int, data []byte, done bool, e
 			}
 			d.state = dHex
 		case dTrailerLine:
+			if d.tlen == 0 {
+				// The trailer starts: net/http reads one only if it sees
+				// CRLF CRLF within its read buffer from here (which may
+				// take bytes of the next request), and then lines ending
+				// in LF or CRLF, as textproto reads a header.
+				rest := p[i:]
+				if len(rest) < 2 {
+					return i, nil, false, nil
+				}
+				if rest[0] != '\r' || rest[1] != '\n' {
+					if !bytes.Contains(rest[:min(len(rest), maxTrailerPeek)], crlfcrlf) {
+						if len(rest) >= maxTrailerPeek {
+							return i, nil, false, errTrailer
+						}
+						return i, nil, false, nil
+					}
+				}
+			}
 			switch {
+			case c == '\n':
+				d.state = dDone
+				return i + 1, nil, true, nil
 			case c == '\r':
 				d.state = dEndLF
 			case (c == ' ' || c == '\t') && d.tline:
@@ -533,6 +558,8 @@ func (d *chunkDecoder) next(p []byte, max int) (n int, data []byte, done bool, e
 			}
 		case dTrailerName:
 			switch {
+			case c == '\n':
+				return i, nil, false, errTrailer
 			case c == ':':
 				d.state, d.tline = dTrailerValue, true
 			case !tchar[c]:
@@ -542,6 +569,8 @@ func (d *chunkDecoder) next(p []byte, max int) (n int, data []byte, done bool, e
 			switch {
 			case c == '\r':
 				d.state = dTrailerLF
+			case c == '\n':
+				d.state = dTrailerLine
 			case c < ' ' && c != '\t' || c == 0x7f:
 				return i, nil, false, errTrailer
 			}
