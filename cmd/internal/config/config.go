@@ -51,9 +51,7 @@ type Config struct {
 	AccessFormat accesslog.Format
 	Admin        Admin
 	// Engine is the data plane for plain HTTP/1.1 listeners: EngineEpoll
-	// or EngineStdlib (net/http). Left out, it is DefaultEngine, or
-	// EngineStdlib when a backend uses the PROXY protocol or passive
-	// health checks (which the event loops do not do yet).
+	// or EngineStdlib (net/http).
 	Engine string
 }
 
@@ -72,7 +70,7 @@ type Admin struct {
 const (
 	EngineEpoll   = "epoll"
 	EngineStdlib  = "stdlib"
-	DefaultEngine = EngineEpoll
+	DefaultEngine = EngineStdlib
 )
 
 // ServerLimits are the client-facing HTTP server's timeouts and limits;
@@ -425,26 +423,6 @@ func build(f *file, dir string) (*Config, error) {
 	}
 	if primaries == 0 {
 		return nil, errAt("backend", "every backend has backup = true: backups stand in for primaries, so at least one must not be a backup")
-	}
-	for i, b := range c.Backends {
-		// why: the event loops connect to backends themselves, without
-		// the PROXY protocol header or the passive health accounting
-		// that Backend.Transport adds; such a configuration keeps the
-		// net/http plane unless the engine is set.
-		if b.ProxyProtocol == "" && b.PassiveFails == 0 {
-			continue
-		}
-		if f.Proxy.Engine == "" {
-			c.Engine = EngineStdlib
-			break
-		}
-		if c.Engine == EngineEpoll {
-			key, what := "proxy_protocol", "the PROXY protocol"
-			if b.ProxyProtocol == "" {
-				key, what = "passive_fails", "passive health checks"
-			}
-			return nil, errAt(fmt.Sprintf("backend[%d].%s", i, key), "engine %q does not do %s yet: use engine = %q", EngineEpoll, what, EngineStdlib)
-		}
 	}
 	return c, nil
 }

@@ -260,7 +260,6 @@ health_body = "site-ok"
 				a.MaxConns, a.SlowStart, a.Weight = 25, 10*time.Second, 3
 				a.HealthHost, a.HealthMethod, a.HealthStatus = "www.example.com", "HEAD", []string{"200", "3xx"}
 				a.PassiveFails, a.PassiveCooldown = 5, 30*time.Second
-				c.Engine = config.EngineStdlib // passive_fails keeps the net/http plane when engine is left out
 				b := defaultBackend("b", "http://127.0.0.1:8082", backends.DefaultDrainTimeout)
 				b.Backup, b.HealthBody = true, "site-ok"
 				c.Backends = append(c.Backends, b)
