@@ -65,7 +65,7 @@ func newBackend(cfg Config, slot *stateSlot, set *Set) *Backend {
 		MaxIdleConnsPerHost:    cfg.MaxIdleConns,
 		IdleConnTimeout:        cfg.IdleConnTimeout,
 		ResponseHeaderTimeout:  cfg.ResponseHeaderTimeout,
-		ExpectContinueTimeout:  time.Second,
+		ExpectContinueTimeout:  proxy.DefaultExpectContinueTimeout,
 		DisableCompression:     true, // pass Accept-Encoding through untouched
 		WriteBufferSize:        16 << 10,
 		ReadBufferSize:         16 << 10,
@@ -285,7 +285,7 @@ func (b *Backend) Options() proxy.UpstreamOptions {
 	return proxy.UpstreamOptions{
 		MaxIdle: b.cfg.MaxIdleConns, IdleTimeout: b.cfg.IdleConnTimeout, DialTimeout: b.cfg.DialTimeout,
 		ResponseHeaderTimeout: b.cfg.ResponseHeaderTimeout, ReadTimeout: b.cfg.ReadTimeout,
-		MaxResponseHeaderBytes: b.cfg.MaxResponseHeaderBytes,
+		MaxResponseHeaderBytes: b.cfg.MaxResponseHeaderBytes, ExpectContinueTimeout: proxy.DefaultExpectContinueTimeout,
 	}
 }
 

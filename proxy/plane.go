@@ -101,6 +101,10 @@ func (h *Handler) RetryAfter(err error, method string, replay, bodySent bool, up
 // IsDialError reports whether err is a connection that could not be made.
 func IsDialError(err error) bool { return isDialError(err) }
 
+// ClientError is the error of a request whose body the client sent
+// malformed (a 400 that closes the connection).
+func ClientError(err error) error { return &clientError{err: err} }
+
 // UpstreamError is the error of a request whose upstream failed in a way
 // that is not retried (a bad or late response).
 func UpstreamError(up string, err error) error { return &upstreamError{up: up, err: err} }
@@ -139,7 +143,14 @@ type UpstreamOptions struct {
 	ResponseHeaderTimeout  time.Duration
 	ReadTimeout            time.Duration
 	MaxResponseHeaderBytes int
+	// ExpectContinueTimeout is how long a body announced with Expect:
+	// 100-continue waits for the backend's 100 Continue.
+	ExpectContinueTimeout time.Duration
 }
+
+// DefaultExpectContinueTimeout is UpstreamOptions.ExpectContinueTimeout's
+// default, and what backends give net/http's Transport.
+const DefaultExpectContinueTimeout = time.Second
 
 // WithDefaults fills zero fields with the Transport defaults.
 func (o UpstreamOptions) WithDefaults() UpstreamOptions {
@@ -154,6 +165,9 @@ func (o UpstreamOptions) WithDefaults() UpstreamOptions {
 	}
 	if o.MaxResponseHeaderBytes <= 0 {
 		o.MaxResponseHeaderBytes = DefaultMaxResponseHeaderBytes
+	}
+	if o.ExpectContinueTimeout <= 0 {
+		o.ExpectContinueTimeout = DefaultExpectContinueTimeout
 	}
 	return o
 }

@@ -559,7 +559,15 @@ type respWriter struct {
 	ex Exchange // filled as the request goes
 }
 
-func (rw *respWriter) Header() http.Header { return rw.w.Header() }
+// Header is under mu: the flush timer's WriteHeader may still be running
+// when ReverseProxy reads the header again (for trailers) after the body,
+// and net/http's response is not safe for that (a race the differential
+// fuzzer's seed 5a055b4310374b68 showed under -race).
+func (rw *respWriter) Header() http.Header {
+	rw.mu.Lock()
+	defer rw.mu.Unlock()
+	return rw.w.Header()
+}
 
 func (rw *respWriter) WriteHeader(code int) {
 	rw.mu.Lock()

@@ -56,8 +56,10 @@ type bconn struct {
 	infos    int
 	resp     response
 	chunks   chunkScanner
+	dechunk  chunkDecoder // a chunked response to an HTTP/1.0 client
+	wErr     error        // writing the body failed: the error if no answer comes
 
-	dialAt, hdrAt, readAt, flushAt, idleAt int64 // deadlines, 0: none
+	dialAt, hdrAt, readAt, flushAt, idleAt, contAt int64 // deadlines, 0: none
 }
 
 func (be *bconn) tm() *timer { return &be.timer }
@@ -156,8 +158,8 @@ func (be *bconn) start(c *conn) {
 	x := &c.x
 	be.c, x.be = c, be
 	be.wOff, be.r, be.w, be.gotBytes, be.infos, be.hup, be.paused = 0, 0, 0, false, 0, false, false
-	be.resp, be.chunks = response{}, chunkScanner{}
-	be.idleAt = 0
+	be.resp, be.chunks, be.dechunk, be.wErr = response{}, chunkScanner{}, chunkDecoder{}, nil
+	be.idleAt, be.contAt = 0, 0
 	if be.state == bIdle {
 		be.state = bSending
 	}
@@ -184,10 +186,13 @@ func (be *bconn) send() {
 		}
 		be.wOff += n
 	}
-	be.state = bHeader
 	if c.l.h.Observing() {
 		c.x.sent = time.Now()
 	}
+	if be.startBody() {
+		return
+	}
+	be.state = bHeader
 	if d := be.p.opts.ResponseHeaderTimeout; d > 0 {
 		be.hdrAt = be.l.now + int64(d)
 	}
@@ -226,6 +231,12 @@ func (be *bconn) handle(ev uint32) {
 			be.send()
 		}
 	case bHeader, bBody:
+		if ev&unix.EPOLLOUT != 0 && be.c != nil && be.c.x.rb.sending() {
+			be.pumpBody()
+			if be.state == bClosed || be.c == nil {
+				return
+			}
+		}
 		if ev&(unix.EPOLLRDHUP|unix.EPOLLHUP) != 0 {
 			be.hup = true
 		}
@@ -323,6 +334,10 @@ func (be *bconn) eof() {
 			proxy.ErrResponseStarted, be.p.up.Name()))
 		return
 	}
+	if be.wErr != nil {
+		be.failed(be.wErr) // it stopped reading the body and said nothing
+		return
+	}
 	be.failed(&net.OpError{Op: "read", Net: "tcp", Addr: be.p.addr, Err: errEOF})
 }
 
@@ -340,7 +355,7 @@ func (be *bconn) process() bool {
 		if c.out == nil {
 			c.out = be.l.getSmall()[:0]
 		}
-		r, out, err := parseResponse(be.buf[be.r:be.w], x.head, c.out[:0], c.closing())
+		r, out, err := parseResponse(be.buf[be.r:be.w], x.head, c.out[:0], c.closing() || x.rb.unfinished(), x.v10)
 		c.out, c.outR = out[:0], 0
 		if err != nil {
 			be.c.fail(proxy.UpstreamError(be.p.up.Name(), fmt.Errorf("%w: %w", proxy.ErrResponseStarted, err)))
@@ -354,6 +369,7 @@ func (be *bconn) process() bool {
 			}
 			return true
 		}
+		hdr := be.buf[be.r : be.r+r.n]
 		be.r += r.n
 		if r.status < 200 {
 			if r.status == 101 {
@@ -364,15 +380,19 @@ func (be *bconn) process() bool {
 				be.c.fail(proxy.UpstreamError(be.p.up.Name(), fmt.Errorf("%w: more than 5 informational (1xx) responses", proxy.ErrResponseStarted)))
 				return false
 			}
+			if !be.informational(r.status, hdr) || be.paused {
+				return false
+			}
 			continue
 		}
+		be.finalWhileWaiting(r.keep)
 		c.out = out
 		be.resp = r
 		x.status = r.status
 		if c.l.h.Observing() {
 			x.ex.Upstream = time.Since(x.sent)
 		}
-		if r.mode == bodyClose || c.closing() {
+		if r.mode == bodyClose || c.closing() || x.rb.unfinished() || x.v10 && r.mode == bodyChunked {
 			c.closeAfter = true
 		}
 		be.state = bBody
@@ -401,6 +421,9 @@ func (be *bconn) process() bool {
 		}
 		be.resp.length -= int64(len(p))
 	case bodyChunked:
+		if x.v10 {
+			return be.forwardDechunked()
+		}
 		n, end, err := be.chunks.scan(p)
 		p, done = p[:n], end
 		if err != nil {
@@ -463,6 +486,9 @@ func (be *bconn) commit() {
 // resume reads on after the client took what was pending.
 func (be *bconn) resume() {
 	be.paused = false
+	if be.w > be.r && (be.state == bHeader || be.state == bBody) && !be.process() {
+		return // what came with an informational response
+	}
 	be.readResp()
 }
 
@@ -471,7 +497,7 @@ func (be *bconn) resume() {
 func (be *bconn) finish() {
 	c := be.c
 	x := &c.x
-	reuse := be.resp.keep && be.r == be.w && !be.hup
+	reuse := be.resp.keep && be.r == be.w && !be.hup && x.replay
 	x.be, be.c = nil, nil
 	up := x.up
 	x.up = nil
@@ -505,7 +531,7 @@ func (be *bconn) pool() {
 	}
 	be.state = bIdle
 	be.idleAt = be.l.now
-	be.hdrAt, be.readAt, be.flushAt, be.dialAt = 0, 0, 0, 0
+	be.hdrAt, be.readAt, be.flushAt, be.dialAt, be.contAt = 0, 0, 0, 0, 0
 	be.idx = len(p.idle)
 	p.idle = append(p.idle, be)
 	be.l.nidle++
@@ -533,7 +559,7 @@ func (be *bconn) unpool() {
 // rearm schedules be's earliest deadline.
 func (be *bconn) rearm() {
 	var next int64
-	for _, d := range [...]int64{be.dialAt, be.hdrAt, be.readAt, be.flushAt} {
+	for _, d := range [...]int64{be.dialAt, be.hdrAt, be.readAt, be.flushAt, be.contAt} {
 		if d != 0 && (next == 0 || d < next) {
 			next = d
 		}
@@ -560,6 +586,12 @@ func (be *bconn) expire(now int64) {
 	case be.readAt != 0 && now >= be.readAt:
 		be.c.fail(proxy.UpstreamError(be.p.up.Name(), be.timeoutErr("read")))
 		return
+	case be.contAt != 0 && now >= be.contAt:
+		be.contAt = 0
+		be.continueTimeout()
+		if be.state == bClosed || be.c == nil {
+			return
+		}
 	}
 	if be.flushAt != 0 && now >= be.flushAt && !be.c.x.committed {
 		be.commit()

@@ -50,11 +50,13 @@ type conn struct {
 	outR       int
 	more       bool // the last read filled the buffer: the socket may hold more
 	eof        bool // the client sent FIN
+	rdhup      bool // the client shut its sending side: read on to EOF
 	closeAfter bool // close once the response is written
 	busy       bool // process is running (it is re-entered through callbacks)
 	again      bool
 	idleTimed  bool // the idle (or first header) deadline is set
 	hdrTimed   bool // the header deadline of a started request is set
+	afterPost  bool // the last request was a POST: CR and LF before the next are skipped
 	ip         string
 	tls        *tlsConn // nil for plain HTTP
 
@@ -65,6 +67,9 @@ type conn struct {
 type exchange struct {
 	active    bool
 	head      bool
+	replay    bool // proxy.Replayable: a pooled connection, retried
+	v10       bool // an HTTP/1.0 client
+	rb        reqBody
 	breq      []byte // the request as sent to the backend
 	method    string // for errors and the Observer; set lazily
 	uri       string
@@ -127,7 +132,10 @@ func (c *conn) handle(ev uint32) {
 		}
 	}
 	if ev&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP) != 0 {
-		c.readable(ev&(unix.EPOLLRDHUP|unix.EPOLLHUP) != 0)
+		if ev&(unix.EPOLLRDHUP|unix.EPOLLHUP) != 0 {
+			c.rdhup = true
+		}
+		c.readable(c.rdhup)
 	}
 }
 
@@ -141,7 +149,7 @@ func (c *conn) readable(hup bool) {
 	for {
 		if c.inW-c.inR >= maxBuffered && (c.x.active || c.pending()) {
 			c.more = true // read on when the buffer drains
-			return
+			break
 		}
 		n, err := c.read()
 		if n < 0 {
@@ -163,6 +171,12 @@ func (c *conn) readable(hup bool) {
 		// net/http cancels a request whose client went away.
 		c.abort()
 		return
+	}
+	if be := c.x.be; be != nil && c.x.rb.sending() {
+		be.pumpBody()
+		if c.state == stClosed {
+			return
+		}
 	}
 	c.process()
 }
@@ -270,6 +284,22 @@ func (c *conn) process() {
 			}
 			return
 		}
+		if c.afterPost && !c.skipCRLF() {
+			if !c.hdrTimed {
+				c.hdrTimed = true
+				c.l.schedule(c, c.l.now+int64(c.l.s.ReadHeaderTimeout))
+			}
+			if c.more {
+				if n, _ := c.read(); n < 0 {
+					return
+				}
+				continue
+			}
+			return
+		}
+		if c.inR == c.inW {
+			continue
+		}
 		breq := c.l.getSmall()[:0]
 		r, breq, st := parseRequest(c.in[c.inR:c.inW], c.l.s.MaxHeaderBytes, breq, c.clientIP(), c.tls != nil)
 		switch st {
@@ -311,17 +341,23 @@ func (c *conn) startExchange(r *request, breq []byte) {
 	l := c.l
 	c.first, c.idleTimed, c.hdrTimed = false, false, false
 	x := &c.x
-	*x = exchange{active: true, head: r.head, breq: breq, attempt: 1, start: time.Now()}
+	*x = exchange{active: true, head: r.head, replay: r.replay, v10: r.v10, breq: breq, attempt: 1, start: time.Now()}
+	x.rb = reqBody{mode: r.body, left: r.length, expect: r.expect}
 	if r.close {
 		c.closeAfter = true
 	}
 	if l.h.Observing() {
 		hdr := c.in[c.inR : c.inR+r.n]
 		x.method, x.uri = string(r.method(hdr)), string(r.target(hdr))
-		x.ex = proxy.Exchange{Start: x.start, RemoteAddr: c.remoteAddr(), Method: x.method, URI: x.uri, Proto: "HTTP/1.1",
+		proto := "HTTP/1.1"
+		if r.v10 {
+			proto = "HTTP/1.0"
+		}
+		x.ex = proxy.Exchange{Start: x.start, RemoteAddr: c.remoteAddr(), Method: x.method, URI: x.uri, Proto: proto,
 			Host: string(r.host(hdr)), Referer: string(r.referer(hdr)), UserAgent: string(r.userAgent(hdr)), TLS: c.tls != nil}
 	}
 	c.inR += r.n
+	c.afterPost = r.meth.j == 4 && string(c.in[c.inR-r.n:c.inR-r.n+4]) == "POST"
 	c.state = stProxy
 	l.schedule(c, 0)
 	l.attempt(c)
@@ -383,7 +419,7 @@ func (c *conn) attemptFailed(err error) {
 	x.up = nil
 	up.Done(err)
 	method, _ := c.methodURI()
-	if ferr := l.h.RetryAfter(err, method, true, false, up.Name(), x.attempt); ferr != nil {
+	if ferr := l.h.RetryAfter(err, method, x.replay, x.rb.read > 0, up.Name(), x.attempt); ferr != nil {
 		c.fail(ferr)
 		return
 	}
@@ -422,20 +458,23 @@ func (c *conn) fail(err error) {
 	if out == nil {
 		out = c.l.getSmall()[:0]
 	}
-	out = append(out, "HTTP/1.1 "...)
-	out = strconv.AppendInt(out, int64(f.Status), 10)
-	out = append(out, ' ')
-	out = append(out, statusText(f.Status)...)
-	out = append(out, "\r\nContent-Type: text/plain; charset=utf-8\r\nX-Content-Type-Options: nosniff\r\nContent-Length: "...)
+	out = appendStatusLine(out, x.v10, f.Status)
+	out = append(out, "Content-Type: text/plain; charset=utf-8\r\nX-Content-Type-Options: nosniff\r\nContent-Length: "...)
 	out = strconv.AppendInt(out, int64(len(body)), 10)
 	out = append(out, "\r\n"...)
 	out = c.l.appendDate(out)
 	if f.RetryAfter {
 		out = append(out, "Retry-After: 1\r\n"...)
 	}
-	if f.Close || c.closing() {
+	switch {
+	case f.Close || c.closing() || x.rb.unfinished():
+		// The rest of a body cannot be told from a next request.
 		c.closeAfter = true
-		out = append(out, "Connection: close\r\n"...)
+		if !x.v10 {
+			out = append(out, "Connection: close\r\n"...) // HTTP/1.0 closes without saying
+		}
+	case x.v10:
+		out = append(out, "Connection: keep-alive\r\n"...)
 	}
 	out = append(out, "\r\n"...)
 	if !x.head {
@@ -465,9 +504,13 @@ func (c *conn) endExchange() {
 	x.active = false
 	c.l.putSmall(x.breq)
 	x.breq = nil
+	x.rb.release(c.l)
+	if c.x.rb.unfinished() {
+		c.closeAfter = true
+	}
 	if c.l.h.Observing() {
 		e := &x.ex
-		e.Status, e.BytesOut, e.Held = x.status, x.bytesOut, x.held
+		e.Status, e.BytesOut, e.Held, e.BytesIn = x.status, x.bytesOut, x.held, x.rb.read
 		e.Total = time.Since(x.start)
 		c.l.h.Observe(e)
 	}
@@ -697,6 +740,7 @@ func (c *conn) handOver() {
 		l.s.connClosed()
 		return
 	}
+	l.s.handed.Add(1)
 	l.s.handOver(hc)
 }
 

@@ -10,14 +10,41 @@
 // next arrival raises a new edge), except after EPOLLRDHUP, when they go
 // on to EOF.
 //
-// The loop speaks a strict, common subset of HTTP/1.1 itself: GET and
-// HEAD requests in origin form, without a body, with well-formed header
-// lines. Anything else (a body, Expect, Upgrade, HTTP/1.0, an odd header,
-// an oversized one) is not parsed twice: the connection, with the bytes
-// already read, is handed over to net/http serving the same proxy.Handler,
-// which keeps it until it closes. Both planes therefore answer malformed
-// input alike, and the fuzzer in this package checks that what the loop
-// does parse reaches the backend exactly as through net/http.
+// The loop speaks a strict, common subset of HTTP/1.1 itself, and writes
+// to the backend exactly what the net/http plane writes (see parseRequest):
+// GET, HEAD, POST, PUT, PATCH, DELETE and OPTIONS in origin form over
+// HTTP/1.1 or HTTP/1.0, with well-formed header lines; pipelined; with a
+// body framed by one Content-Length, or chunked (POST, PUT, PATCH).
+// A body is streamed as it arrives, with backpressure both ways: the
+// client is read only while the connection's input buffer (maxBuffered)
+// has room, and that buffer is emptied only into the backend socket, so a
+// connection holds at most that much of a body whatever its size. A
+// request with a body, or any request that is not replayable, goes on a
+// fresh backend connection with Connection: close, as through net/http's
+// Transport, and is sent again only after a connection that could not be
+// made. Expect: 100-continue holds the body back until the backend's 100
+// Continue (passed on, like every 1xx answer to such a request) or the
+// upstream's ExpectContinueTimeout, when the loop sends its own. An
+// HTTP/1.0 client gets HTTP/1.0 answers, keep-alive only when it asked
+// for it, and a chunked response decoded and delimited by closing.
+// When an answer goes out before the client sent all of its body (the
+// backend answered early, an error), the connection closes after it.
+//
+// What the loop does not parse is not parsed twice: the connection, with
+// the bytes already read, is handed over to net/http serving the same
+// proxy.Handler, which keeps it until it closes. The hand-overs are
+// deliberate: Upgrade (WebSocket) and CONNECT; methods other than those
+// above; absolute-form and asterisk targets, and targets net/http would
+// re-encode; HTTP versions other than 1.0 and 1.1; Expect other than
+// 100-continue, or on HTTP/1.0; Transfer-Encoding other than a lone
+// chunked on POST, PUT or PATCH over HTTP/1.1 (net/http's Transport probes
+// a chunked body of other methods with a timer), or with Content-Length;
+// duplicate or unusual Content-Length; TE, Trailer, Keep-Alive,
+// Proxy-Connection and Proxy-* headers, Connection naming other headers;
+// an HTTP/1.0 request with several Connection lines or without Host; and
+// any malformed or oversized header. Both planes therefore answer
+// malformed input alike, and the fuzzer in this package checks that what
+// the loop does parse reaches the backend exactly as through net/http.
 //
 // The rules are proxy.Handler's, called through its plane seam: the same
 // Pool (Pick counts a request in flight in the shared state table, Done

@@ -78,11 +78,16 @@ func (r *recorder) serve() {
 				}
 				sort.Strings(lines)
 				b.WriteString(strings.Join(lines, "\n"))
-				fmt.Fprintf(&b, "\nbody %q", body)
+				fmt.Fprintf(&b, "\nbody %q (length %d, transfer-encoding %q, trailer %v)", body, req.ContentLength, req.TransferEncoding, req.Trailer)
 				r.mu.Lock()
 				// A request without Host gets the backend's address.
 				r.rq = append(r.rq, strings.ReplaceAll(b.String(), r.ln.Addr().String(), "<backend>"))
 				r.mu.Unlock()
+				if strings.HasPrefix(req.RequestURI, "/chunked") {
+					// A chunked answer (HTTP/1.0 clients get it decoded).
+					fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\n", len(req.RequestURI), req.RequestURI)
+					continue
+				}
 				fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s", len(req.RequestURI), req.RequestURI)
 			}
 		}()
@@ -116,6 +121,15 @@ func (u *fuzzUpstream) Transport(replay bool) http.RoundTripper {
 }
 func (u *fuzzUpstream) Done(error) { u.inflight.Add(-1) }
 
+// Options and Epoch make it a proxy.ConnUpstream with the settings of its
+// transports.
+func (u *fuzzUpstream) Options() proxy.UpstreamOptions {
+	return proxy.UpstreamOptions{ResponseHeaderTimeout: 5 * time.Second, ExpectContinueTimeout: fuzzExpectContinue}
+}
+func (u *fuzzUpstream) Epoch() uint64 { return 0 }
+
+const fuzzExpectContinue = 10 * time.Millisecond
+
 type onePool struct{ u *fuzzUpstream }
 
 func (p onePool) Pick(proxy.Upstream) (proxy.Upstream, error) {
@@ -135,7 +149,7 @@ type side struct {
 
 func newSide(t testing.TB, engine string) *side {
 	rec := newRecorder(t)
-	std := &http.Transport{DisableCompression: true, ExpectContinueTimeout: 10 * time.Millisecond}
+	std := &http.Transport{DisableCompression: true, ExpectContinueTimeout: fuzzExpectContinue}
 	fresh := std.Clone()
 	fresh.DisableKeepAlives = true
 	up := &fuzzUpstream{addr: rec.ln.Addr().String(), fresh: fresh,
@@ -202,7 +216,12 @@ func (s *side) exchange(t testing.TB, raw []byte) (statuses []string, atBackend 
 		}
 		body, err := io.ReadAll(resp.Body)
 		resp.Body.Close()
-		statuses = append(statuses, fmt.Sprint(resp.StatusCode))
+		st := fmt.Sprint(resp.StatusCode)
+		if resp.StatusCode < 300 {
+			// The backend's answers must arrive alike (framing decoded).
+			st = fmt.Sprintf("%d %s %q", resp.StatusCode, resp.Proto, body)
+		}
+		statuses = append(statuses, st)
 		if err != nil || string(body) == "/__end" {
 			break
 		}

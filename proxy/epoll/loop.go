@@ -586,7 +586,9 @@ func (l *loop) attempt(c *conn) {
 		x.ex.Backend, x.ex.Attempts = up.Name(), x.attempt
 	}
 	x.redialed = false
-	be, err := l.conn(up, true)
+	// Like the net/http plane: a request that is not replayable goes on a
+	// fresh connection (a pooled one may be closing as idle just now).
+	be, err := l.conn(up, x.replay)
 	if err != nil {
 		c.attemptFailed(err)
 		return

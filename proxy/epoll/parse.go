@@ -2,6 +2,7 @@ package epoll
 
 import (
 	"bytes"
+	"strconv"
 )
 
 // Outcomes of parseRequest.
@@ -16,13 +17,26 @@ type span struct{ i, j int }
 
 func (s span) of(b []byte) []byte { return b[s.i:s.j] }
 
+// Request body framings.
+const (
+	reqNoBody  = iota
+	reqLength  // Content-Length bytes
+	reqChunked // Transfer-Encoding: chunked
+)
+
 // request is a parsed request header: what the loop needs, as offsets into
 // the header block it came from.
 type request struct {
 	n       int // bytes of the header block, final CRLF CRLF included
 	lineEnd int // end of the request line
 	head    bool
-	close   bool
+	close   bool // the connection closes after the response
+	v10     bool // an HTTP/1.0 request
+	keep10  bool // HTTP/1.0 with Connection: keep-alive
+	expect  bool // Expect: 100-continue, with a body
+	replay  bool // proxy.Replayable: pooled connection, retried
+	body    int  // reqNoBody, reqLength, reqChunked
+	length  int64
 	meth    span
 	tgt     span
 	hostv   span
@@ -44,14 +58,25 @@ const maxXFF = 8
 // headers dropped; X-Forwarded-For with the client appended (ip);
 // X-Forwarded-Host and X-Forwarded-Proto set; Forwarded dropped.
 //
-// The loop serves a deliberately narrow subset: GET or HEAD, an
-// origin-form target of plain characters, HTTP/1.1, CRLF line endings,
-// token header names, values without control characters, exactly one
-// valid Host, no body (no Content-Length, no Transfer-Encoding), no
-// Expect, no Upgrade, Connection with only close and keep-alive. Anything
-// else, malformed or merely unusual, is handed over to net/http, which is
-// then the one that accepts or refuses it: the two planes cannot disagree
-// on what a request means.
+// A request with a body, or one that is not replayable (proxy.Replayable),
+// is written as net/http's Transport writes it on the fresh connection
+// the net/http plane uses for it: the body's framing as Content-Length
+// (normalized) or Transfer-Encoding: chunked (the body is re-chunked as it
+// is sent), Content-Length: 0 for a POST, PUT or PATCH without one, and
+// Connection: close. A replayable one is written as proxy.Transport
+// writes it (no framing headers).
+//
+// The loop serves a deliberately narrow subset: GET, HEAD, POST, PUT,
+// PATCH, DELETE or OPTIONS, an origin-form target of plain characters,
+// HTTP/1.1 or HTTP/1.0 (with a Host), CRLF line endings, token header
+// names, values without control characters, exactly one valid Host, at
+// most one Content-Length of plain digits, or one Transfer-Encoding that
+// is exactly chunked on a POST, PUT or PATCH over HTTP/1.1 (never both),
+// Expect only as 100-continue over HTTP/1.1, no Upgrade, no Trailer,
+// Connection with only close and keep-alive. Anything else, malformed or
+// merely unusual, is handed over to net/http, which is then the one that
+// accepts or refuses it: the two planes cannot disagree on what a request
+// means.
 func parseRequest(b []byte, maxHeader int, out []byte, ip string, https bool) (request, []byte, int) {
 	var r request
 	end := bytes.Index(b, crlfcrlf)
@@ -77,8 +102,9 @@ func parseRequest(b []byte, maxHeader int, out []byte, ip string, https bool) (r
 	if sp1 <= 0 {
 		return r, out, parseHandOver
 	}
-	switch string(line[:sp1]) {
-	case "GET":
+	meth := line[:sp1]
+	switch string(meth) {
+	case "GET", "POST", "PUT", "DELETE", "OPTIONS", "PATCH":
 	case "HEAD":
 		r.head = true
 	default:
@@ -87,7 +113,14 @@ func parseRequest(b []byte, maxHeader int, out []byte, ip string, https bool) (r
 	r.meth = span{0, sp1}
 	rest := line[sp1+1:]
 	sp2 := bytes.IndexByte(rest, ' ')
-	if sp2 <= 0 || string(rest[sp2+1:]) != "HTTP/1.1" || !validTarget(rest[:sp2]) {
+	if sp2 <= 0 || !validTarget(rest[:sp2]) {
+		return r, out, parseHandOver
+	}
+	switch string(rest[sp2+1:]) {
+	case "HTTP/1.1":
+	case "HTTP/1.0":
+		r.v10 = true
+	default:
 		return r, out, parseHandOver
 	}
 	r.tgt = span{sp1 + 1, sp1 + 1 + sp2}
@@ -98,6 +131,12 @@ func parseRequest(b []byte, maxHeader int, out []byte, ip string, https bool) (r
 		xff       [maxXFF]span
 		nxff      int
 		connClose bool
+		connKeep  bool
+		nconn     int
+		ncl, nte  int
+		clv, tev  span
+		expect    bool
+		idem      bool
 	)
 	for p := le + 2; p < end; {
 		e := p + bytes.Index(hdr[p:], crlf)
@@ -123,11 +162,25 @@ func parseRequest(b []byte, maxHeader int, out []byte, ip string, https bool) (r
 			hosts++
 			r.hostv = span{vs, ve}
 		case hConnection:
-			c, ok := connectionTokens(hdr[vs:ve])
+			c, k, ok := connectionTokens(hdr[vs:ve])
 			if !ok {
 				return r, out, parseHandOver
 			}
-			connClose = connClose || c
+			connClose, connKeep = connClose || c, connKeep || k
+			nconn++
+		case hContentLength:
+			ncl++
+			clv = span{vs, ve}
+		case hTransferEncoding:
+			nte++
+			tev = span{vs, ve}
+		case hExpect:
+			if expect || !eqFold(hdr[vs:ve], "100-continue") {
+				return r, out, parseHandOver // net/http answers 417
+			}
+			expect = true
+		case hIdempotencyKey:
+			idem = true
 		case hXFF:
 			if nxff == maxXFF {
 				return r, out, parseHandOver
@@ -144,10 +197,46 @@ func parseRequest(b []byte, maxHeader int, out []byte, ip string, https bool) (r
 	if hosts != 1 || r.hostv.i == r.hostv.j || !validHost(r.hostv.of(hdr)) {
 		return r, out, parseHandOver
 	}
-	r.close = connClose
+	switch {
+	case nte > 0:
+		// Chunked only, alone, on a method that usually has a body (for
+		// the others net/http's Transport probes the body with a timer).
+		if nte > 1 || ncl > 0 || r.v10 || !eqFold(tev.of(hdr), "chunked") || !bodyMethod(meth) {
+			return r, out, parseHandOver
+		}
+		r.body, r.length = reqChunked, -1
+	case ncl > 1:
+		return r, out, parseHandOver
+	case ncl == 1:
+		n, ok := parseLength(clv.of(hdr))
+		if !ok {
+			return r, out, parseHandOver
+		}
+		if n > 0 {
+			r.body, r.length = reqLength, n
+		}
+	}
+	if expect {
+		if r.v10 {
+			return r, out, parseHandOver
+		}
+		r.expect = r.body != reqNoBody
+	}
+	r.replay = r.body == reqNoBody && (r.head || string(meth) == "GET" || string(meth) == "OPTIONS" || idem)
+	if r.v10 {
+		if nconn > 1 || connKeep && connClose {
+			return r, out, parseHandOver // net/http reads the first line only for keep-alive
+		}
+		r.keep10 = connKeep
+		r.close = !r.keep10
+	} else {
+		r.close = connClose
+	}
 
-	out = append(out, line...)
-	out = append(out, "\r\nHost: "...)
+	out = append(out, meth...)
+	out = append(out, ' ')
+	out = append(out, r.tgt.of(hdr)...)
+	out = append(out, " HTTP/1.1\r\nHost: "...)
 	out = append(out, r.hostv.of(hdr)...)
 	out = append(out, crlf...)
 	for p := le + 2; p < end; {
@@ -163,7 +252,7 @@ func parseRequest(b []byte, maxHeader int, out []byte, ip string, https bool) (r
 		}
 		p = e + 2
 		switch headerKind(ln[:colon]) {
-		case hHost, hConnection, hXFF, hDrop:
+		case hHost, hConnection, hXFF, hDrop, hContentLength, hTransferEncoding:
 			continue
 		case hUserAgent:
 			if vs == ve {
@@ -174,6 +263,21 @@ func parseRequest(b []byte, maxHeader int, out []byte, ip string, https bool) (r
 		out = append(out, ": "...)
 		out = append(out, hdr[vs:ve]...)
 		out = append(out, crlf...)
+	}
+	if !r.replay {
+		// net/http's Transport on a fresh connection: the framing it
+		// writes, and Connection: close.
+		switch {
+		case r.body == reqChunked:
+			out = append(out, "Transfer-Encoding: chunked\r\n"...)
+		case r.body == reqLength:
+			out = append(out, "Content-Length: "...)
+			out = strconv.AppendInt(out, r.length, 10)
+			out = append(out, crlf...)
+		case bodyMethod(meth):
+			out = append(out, "Content-Length: 0\r\n"...)
+		}
+		out = append(out, "Connection: close\r\n"...)
 	}
 	out = append(out, "X-Forwarded-For: "...)
 	for i := 0; i < nxff; i++ {
@@ -224,6 +328,10 @@ const (
 	hUserAgent
 	hDrop     // removed, as the net/http plane does (Forwarded, X-Forwarded-Host/Proto)
 	hHandOver // changes how the request is framed or forwarded
+	hContentLength
+	hTransferEncoding
+	hExpect
+	hIdempotencyKey // Idempotency-Key or X-Idempotency-Key: replayable
 )
 
 func headerKind(name []byte) int {
@@ -242,7 +350,7 @@ func headerKind(name []byte) int {
 		}
 	case 6:
 		if eqFold(name, "expect") {
-			return hHandOver
+			return hExpect
 		}
 	case 7:
 		if eqFold(name, "upgrade") || eqFold(name, "trailer") {
@@ -267,11 +375,14 @@ func headerKind(name []byte) int {
 		}
 	case 14:
 		if eqFold(name, "content-length") {
-			return hHandOver
+			return hContentLength
 		}
 	case 15:
 		if eqFold(name, "x-forwarded-for") {
 			return hXFF
+		}
+		if eqFold(name, "idempotency-key") {
+			return hIdempotencyKey
 		}
 	case 16:
 		if eqFold(name, "proxy-connection") || eqFold(name, "x-forwarded-host") {
@@ -283,9 +394,12 @@ func headerKind(name []byte) int {
 	case 17:
 		if eqFold(name, "transfer-encoding") || eqFold(name, "x-forwarded-proto") {
 			if name[0]|0x20 == 't' {
-				return hHandOver
+				return hTransferEncoding
 			}
 			return hDrop
+		}
+		if eqFold(name, "x-idempotency-key") {
+			return hIdempotencyKey
 		}
 	case 18:
 		if eqFold(name, "proxy-authenticate") {
@@ -316,10 +430,10 @@ func eqFold(b []byte, lower string) bool {
 	return true
 }
 
-// connectionTokens reports whether a Connection value says close, and
-// whether it names nothing but close and keep-alive (anything else names
+// connectionTokens reports whether a Connection value says close and
+// keep-alive, and whether it names nothing but those (anything else names
 // headers to drop: net/http's business).
-func connectionTokens(v []byte) (close, ok bool) {
+func connectionTokens(v []byte) (close, keep, ok bool) {
 	for len(v) > 0 {
 		i := bytes.IndexByte(v, ',')
 		t := v
@@ -334,11 +448,42 @@ func connectionTokens(v []byte) (close, ok bool) {
 		case eqFold(t, "close"):
 			close = true
 		case eqFold(t, "keep-alive"):
+			keep = true
 		default:
-			return false, false
+			return false, false, false
 		}
 	}
-	return close, true
+	return close, keep, true
+}
+
+// bodyMethod reports whether m is a method net/http's Transport sends a
+// chunked body for without probing it, and Content-Length: 0 for when it
+// has none.
+func bodyMethod(m []byte) bool {
+	switch string(m) {
+	case "POST", "PUT", "PATCH":
+		return true
+	}
+	return false
+}
+
+// maxLengthDigits bounds a Content-Length the loop parses itself (net/http
+// accepts up to 2^63-1; longer ones are handed over).
+const maxLengthDigits = 18
+
+// parseLength parses a Content-Length value of plain digits.
+func parseLength(v []byte) (int64, bool) {
+	if len(v) == 0 || len(v) > maxLengthDigits {
+		return 0, false
+	}
+	var n int64
+	for _, c := range v {
+		if !isDigit(c) {
+			return 0, false
+		}
+		n = n*10 + int64(c-'0')
+	}
+	return n, true
 }
 
 var tchar, pchar [256]bool

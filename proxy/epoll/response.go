@@ -35,8 +35,12 @@ const maxDropped = 8
 // n == 0 while the header is incomplete. For a final response it appends
 // the header the client gets to out: the status, the backend's headers
 // but hop-by-hop ones, the framing, and Connection: close if close.
-// Lines may end in CRLF or LF, as net/http reads them.
-func parseResponse(b []byte, head bool, out []byte, close bool) (response, []byte, error) {
+// Lines may end in CRLF or LF, as net/http reads them. For an HTTP/1.0
+// client (v10) it writes what net/http's server writes to one: an
+// HTTP/1.0 status line, no chunked framing (the body is then sent
+// decoded, delimited by closing), Connection: keep-alive when the
+// connection stays open (close false) and nothing when it closes.
+func parseResponse(b []byte, head bool, out []byte, close, v10 bool) (response, []byte, error) {
 	var r response
 	end, n := headerEnd(b)
 	if end < 0 {
@@ -134,7 +138,11 @@ func parseResponse(b []byte, head bool, out []byte, close bool) (response, []byt
 		return r, out, nil // informational: nothing for the client
 	}
 
-	out = append(out, "HTTP/1.1 "...)
+	if v10 {
+		out = append(out, "HTTP/1.0 "...)
+	} else {
+		out = append(out, "HTTP/1.1 "...)
+	}
 	out = append(out, trim(line[9:])...)
 	out = append(out, crlf...)
 	for ln, more := nextLine(rest); len(ln) > 0 || len(more) > 0; ln, more = nextLine(more) {
@@ -162,13 +170,20 @@ func parseResponse(b []byte, head bool, out []byte, close bool) (response, []byt
 		out = strconv.AppendInt(out, r.length, 10)
 		out = append(out, crlf...)
 	case bodyChunked:
-		out = append(out, "Transfer-Encoding: chunked\r\n"...)
+		if !v10 {
+			out = append(out, "Transfer-Encoding: chunked\r\n"...)
+		}
 	case bodyNone:
 		if r.status != 204 && r.status != 304 && !head {
 			out = append(out, "Content-Length: 0\r\n"...)
 		}
 	}
-	if close || r.mode == bodyClose {
+	switch {
+	case v10:
+		if !close && r.mode != bodyClose && r.mode != bodyChunked {
+			out = append(out, "Connection: keep-alive\r\n"...)
+		}
+	case close || r.mode == bodyClose:
 		out = append(out, "Connection: close\r\n"...)
 	}
 	out = append(out, crlf...)

@@ -62,6 +62,7 @@ type Server struct {
 	draining  atomic.Bool
 	closeIdle atomic.Bool
 	conns     atomic.Int64 // in loops, or in a TLS handshake
+	handed    atomic.Int64 // connections the loops handed over to net/http so far
 	zeroC     chan struct{}
 
 	mu      sync.Mutex
