@@ -15,7 +15,7 @@
 // removed at the end; nothing system-wide is touched.
 //
 // Each wrk run lasts -duration. The matrix measures 7 setups (direct, baton,
-// baton with GOMAXPROCS=1, baton on epoll, HAProxy, nginx, go-minimal) x 2 files x 2
+// baton with GOMAXPROCS=1, baton on net/http, HAProxy, nginx, go-minimal) x 2 files x 2
 // connection counts, plus go-minimal with GOMAXPROCS=1 on small.txt at 50
 // connections only, each -rounds times: 29 x rounds x duration of wall
 // time, plus about two minutes of upgrade tests.

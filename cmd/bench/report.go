@@ -131,9 +131,9 @@ func renderReport(mi machineInfo, opts options, m *matrix, sc syscallResults, id
 	fmt.Fprintf(&w, "Machine: %d CPUs (nproc), %s; %s; %s; %s; nginx %s; HAProxy %s; wrk %s; baton %s.\n\n",
 		mi.nproc, mi.cpu, mi.kernel, mi.date, mi.goVer, mi.nginx, mi.haproxy, mi.wrk, mi.baton)
 	fmt.Fprintf(&w, "Method: one nginx backend (1 worker) serving static files on loopback; each proxy on its own "+
-		"loopback port in front of it: baton (defaults, log level warn; Go's default GOMAXPROCS, one thread running "+
-		"Go code per CPU), baton (1 thread) (the same with GOMAXPROCS=1 in its environment: the like-for-like row "+
-		"next to HAProxy's one thread and nginx's one worker), HAProxy (nbthread 1, http-reuse always), "+
+		"loopback port in front of it: baton (defaults, log level warn: the epoll plane with one event loop per two "+
+		"CPUs, Go's default GOMAXPROCS for the rest), baton (1 thread) (the same with GOMAXPROCS=1 in its environment), "+
+		"baton (stdlib) (`engine = \"stdlib\"`, the net/http plane), HAProxy (nbthread 1, http-reuse always), "+
 		"nginx (1 worker, upstream keepalive 256). `wrk -t1 -d%s --timeout 5s --latency`, %d round(s), setups taking "+
 		"turns within each round; figures are medians over rounds, errors are summed over rounds. Peak RSS is "+
 		"sampled every 200 ms during the runs (baton: every process of every generation; HAProxy and nginx: master "+
@@ -223,10 +223,9 @@ func renderCell(w *strings.Builder, m *matrix, c cell) {
 	}
 	var ratios []string
 	for _, r := range [][2]string{
-		{setupEpoll, setupHAProxy}, {setupEpoll, setupNginx}, {setupEpoll, setupBaton1},
 		{setupBaton, setupHAProxy}, {setupBaton, setupNginx}, {setupBaton, setupDirect},
-		{setupBaton1, setupHAProxy}, {setupBaton1, setupNginx},
-		{setupBaton, setupMinimal}, {setupBaton1, setupMinimal1},
+		{setupBaton1, setupHAProxy}, {setupBaton, setupStdlib},
+		{setupStdlib, setupHAProxy}, {setupStdlib, setupMinimal}, {setupBaton, setupMinimal},
 		{setupBatonObs, setupBaton}, {setupBatonLim, setupBaton},
 	} {
 		a, okA := sums[r[0]]

@@ -34,7 +34,7 @@ const (
 	setupBaton     = "baton"
 	setupBaton1    = "baton (1 thread)"
 	setupBatonObs  = "baton + access log + metrics"
-	setupEpoll     = "baton (epoll)"
+	setupStdlib    = "baton (stdlib)"
 	setupBatonLim  = "baton + least_conn + max_conns"
 	setupHAProxy   = "haproxy"
 	setupNginx     = "nginx"
@@ -184,7 +184,7 @@ func (b *bench) startAll(ctx context.Context) error {
 		{setupBaton, b.startBaton, nil},
 		{setupBaton1, b.startBaton1, nil},
 		{setupBatonObs, b.startBatonObs, &cpuCell},
-		{setupEpoll, b.startEpoll, nil},
+		{setupStdlib, b.startStdlib, nil},
 		{setupBatonLim, b.startBatonLimits, &cpuCell},
 		{setupHAProxy, b.startHAProxy, nil},
 		{setupNginx, b.startNginxProxy, nil},
@@ -473,10 +473,10 @@ func (b *bench) startBatonObs(port int) (*proc, error) {
 	return b.startBatonAs(setupBatonObs, "baton-obs", nil, port, "", obsConf(b.dir, "baton-obs"))
 }
 
-// startEpoll starts a baton on the epoll engine with threads at its
-// default.
-func (b *bench) startEpoll(port int) (*proc, error) {
-	return b.startBatonAs(setupEpoll, "baton-epoll", nil, port, `engine = "epoll"`)
+// startStdlib starts a baton on the net/http plane (engine = "stdlib"),
+// the fallback to the default epoll plane.
+func (b *bench) startStdlib(port int) (*proc, error) {
+	return b.startBatonAs(setupStdlib, "baton-stdlib", nil, port, `engine = "stdlib"`)
 }
 
 // startBatonLimits starts a baton like the measured one, balancing by

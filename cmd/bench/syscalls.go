@@ -39,7 +39,7 @@ const (
 
 // syscallSetups are the setups whose system calls are counted, in the order
 // they are measured; HAProxy is the yardstick.
-var syscallSetups = []string{setupEpoll, setupBaton, setupHAProxy, setupNginx}
+var syscallSetups = []string{setupBaton, setupStdlib, setupHAProxy, setupNginx}
 
 // syscallCount is one row of strace's summary.
 type syscallCount struct {

@@ -70,7 +70,7 @@ type Admin struct {
 const (
 	EngineEpoll   = "epoll"
 	EngineStdlib  = "stdlib"
-	DefaultEngine = EngineStdlib
+	DefaultEngine = EngineEpoll
 )
 
 // ServerLimits are the client-facing HTTP server's timeouts and limits;
