@@ -1,5 +1,5 @@
-// Package epoll is baton's event-loop data plane for plain HTTP/1.1
-// listeners, on Linux epoll.
+// Package epoll is baton's event-loop data plane for HTTP/1.1 listeners,
+// plain and TLS, on Linux epoll.
 //
 // Each loop is one goroutine locked to an OS thread, blocking in
 // epoll_wait. A client connection and the backend connection serving its
@@ -45,6 +45,31 @@
 // any malformed or oversized header. Both planes therefore answer
 // malformed input alike, and the fuzzer in this package checks that what
 // the loop does parse reaches the backend exactly as through net/http.
+//
+// With a TLSConfig, a front goroutine accepts and each handshake runs on
+// a goroutine of its own with crypto/tls, through a connection wrapper
+// that gives crypto/tls no byte beyond the record it reads (what the
+// client sends after its Finished stays for the loop) and notes the
+// client random. The handshake's traffic secrets come from the
+// tls.Config's KeyLogWriter into memory, keyed by that random, and are
+// taken by the handshake alone (a ClientHello random seen twice sends
+// both connections to crypto/tls). A TLS 1.3 connection that chose
+// HTTP/1.1 (or nothing) and an AES-GCM suite then moves into a loop with
+// its descriptor, its keys and sequence numbers (the session ticket
+// crypto/tls sent is counted by opening the captured records, not
+// assumed), and the loop protects its records itself (tls13.go):
+// application data, close_notify both ways, KeyUpdate answered; anything
+// else after the handshake is an alert and the end. Every other TLS
+// connection (HTTP/2, TLS 1.2, ChaCha20-Poly1305) goes to the Fallback
+// as the *tls.Conn it is; a TLS connection a loop hands over goes on with
+// the loop's keys (recordConn). Session tickets are crypto/tls's, so they
+// resume across planes and generations alike.
+//
+// The Fallback (handoff.Server in baton) serves what is handed over, so
+// WebSockets, streaming responses and HTTP/2 drain exactly as on the
+// net/http plane (close frames, GOAWAY, the long drain deadline). The
+// Server drains its loops first (they hand over until they stop), then the
+// Fallback.
 //
 // The rules are proxy.Handler's, called through its plane seam: the same
 // Pool (Pick counts a request in flight in the shared state table, Done

@@ -45,6 +45,7 @@ type pool struct {
 	ready   bool
 	next    int
 	changed chan struct{}
+	waits   atomic.Int64 // Wait calls that had to wait
 }
 
 func newPool(ready bool, ups ...*upstream) *pool {
@@ -79,6 +80,7 @@ func (p *pool) Wait(ctx context.Context) error {
 		return nil
 	}
 	ch := p.changed
+	p.waits.Add(1)
 	p.mu.Unlock()
 	select {
 	case <-ch:
@@ -325,5 +327,57 @@ func TestReusesBackendConnections(t *testing.T) {
 	}
 	if n := conns.Load(); n != 1 {
 		t.Errorf("backend connections for 20 sequential requests: %d, want 1", n)
+	}
+}
+
+// TestHoldCountedOnce: a held request that wakes and must wait again
+// (another request took the freed slot) is one held request, not one per
+// wake-up.
+func TestHoldCountedOnce(t *testing.T) {
+	b := backend(t, testBackend())
+	p := newPool(false, b)
+	h := proxy.New(p, proxy.Config{HoldTimeout: 10 * time.Second})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &epoll.Server{Handler: h, Loops: 1}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = s.Serve(ln)
+	}()
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = s.Drain(ctx)
+		<-done
+	})
+	rc := dial(t, ln.Addr().String())
+	rc.send(t, "GET /held HTTP/1.1\r\nHost: x\r\n\r\n")
+	for i := int64(1); i <= 5; i++ {
+		waitFor(t, func() bool { return p.waits.Load() == i })
+		p.setReady(false) // wakes the waiter; the pool still has nothing
+	}
+	waitFor(t, func() bool { return p.waits.Load() == 6 })
+	p.setReady(true)
+	resp, body := rc.read(t, "GET")
+	if resp.StatusCode != 200 || !strings.HasPrefix(body, "GET /held") {
+		t.Fatalf("got %d %q", resp.StatusCode, body)
+	}
+	if st := h.Stats(); st.HeldTotal != 1 || st.Held != 0 {
+		t.Errorf("held_total %d, held %d; want 1 and 0", st.HeldTotal, st.Held)
+	}
+}
+
+// waitFor polls cond for up to 5 s.
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met within 5s")
+		}
+		time.Sleep(time.Millisecond)
 	}
 }

@@ -521,15 +521,20 @@ func (l *loop) hold(c *conn) {
 		x.holdUntil = now.Add(l.cfg.HoldTimeout)
 	}
 	if now.After(x.holdUntil) {
+		l.endHold(c, true)
 		c.fail(l.h.HoldTimeoutError(x.lastErr, x.lastUp))
 		return
 	}
-	start, err := l.h.BeginHold()
-	if err != nil {
-		c.fail(err)
-		return
+	if x.holdStart.IsZero() {
+		// Counted once per request, however often it wakes and waits
+		// again (max_conns reached again by others).
+		start, err := l.h.BeginHold()
+		if err != nil {
+			c.fail(err)
+			return
+		}
+		x.holdStart = start
 	}
-	x.holdStart = start
 	c.state = stHeld
 	l.held = append(l.held, c)
 	l.nheld++
@@ -550,14 +555,28 @@ func (l *loop) hold(c *conn) {
 
 // unhold ends c's wait; timedOut says the hold deadline passed.
 func (l *loop) unhold(c *conn, timedOut bool) {
-	x := &c.x
-	l.h.EndHold(x.holdStart, timedOut)
-	x.held += time.Since(x.holdStart)
+	l.dequeue(c)
+	l.endHold(c, timedOut)
+}
+
+// dequeue takes c off the held list (it tries again or goes away).
+func (l *loop) dequeue(c *conn) {
 	c.state = stProxy
 	l.schedule(c, 0)
 	if l.nheld--; l.nheld == 0 && l.waitCancel != nil {
 		l.waitCancel() // nobody waits: let the waiter go
 	}
+}
+
+// endHold ends the hold begun by c's first wait, if any.
+func (l *loop) endHold(c *conn, timedOut bool) {
+	x := &c.x
+	if x.holdStart.IsZero() {
+		return
+	}
+	l.h.EndHold(x.holdStart, timedOut)
+	x.held += time.Since(x.holdStart)
+	x.holdStart = time.Time{}
 }
 
 // poolReady tries the held requests again, oldest first.
@@ -567,7 +586,7 @@ func (l *loop) poolReady() {
 	l.held = nil
 	for _, c := range held {
 		if c.state == stHeld {
-			l.unhold(c, false)
+			l.dequeue(c)
 			l.attempt(c)
 		}
 	}
@@ -581,6 +600,7 @@ func (l *loop) attempt(c *conn) {
 		l.hold(c)
 		return
 	}
+	l.endHold(c, false)
 	x.up = up
 	if l.s.Handler.Observing() {
 		x.ex.Backend, x.ex.Attempts = up.Name(), x.attempt
