@@ -45,6 +45,7 @@ type bconn struct {
 	state uint8
 	c     *conn // the client it serves; nil when idle
 	idx   int   // in p.idle while idle
+	epoch uint64 // the upstream's epoch when it was made
 
 	wOff     int
 	buf      []byte
@@ -116,6 +117,9 @@ func (l *loop) dial(p *bpool) (*bconn, error) {
 	}
 	_ = unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
 	be := &bconn{l: l, p: p, fd: fd, idx: -1, state: bConnecting}
+	if cu, ok := p.up.(proxy.ConnUpstream); ok {
+		be.epoch = cu.Epoch()
+	}
 	err = unix.Connect(fd, sa)
 	switch err {
 	case nil:
@@ -522,6 +526,13 @@ func (be *bconn) finish() {
 func (be *bconn) pool() {
 	p := be.p
 	if len(p.idle) >= p.opts.MaxIdle {
+		be.close()
+		return
+	}
+	if cu, ok := p.up.(proxy.ConnUpstream); ok && cu.Epoch() != be.epoch {
+		// Made before the server's restart began: a graceful restart
+		// closes idle connections, and until then this one would count
+		// against the server's connection limit for nothing.
 		be.close()
 		return
 	}
