@@ -113,7 +113,15 @@ func cmdRun(args []string, stderr io.Writer) int {
 		level, format, hopts = cfg.LogLevel, cfg.LogFormat, cfg.Handoff
 	}
 	if cfgErr == nil && cfg.Threads > 0 {
-		runtime.GOMAXPROCS(cfg.Threads)
+		// With the epoll engine threads are the event loops, each on a
+		// thread of its own; the rest (TLS handshakes, HTTP/2, health
+		// checks, logs) needs a thread besides them, or it runs only when
+		// a loop waits.
+		n := cfg.Threads
+		if cfg.Engine == config.EngineEpoll {
+			n = max(n+1, runtime.NumCPU())
+		}
+		runtime.GOMAXPROCS(n)
 	}
 	inst := &instance{cfg: cfg, events: newEventRing(64)}
 	log := newLogger(stderr, level, format, inst.events)

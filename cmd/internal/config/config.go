@@ -42,8 +42,9 @@ type Config struct {
 	LogLevel  slog.Level
 	LogFormat string // text or json
 	// Threads caps the OS threads running Go code (GOMAXPROCS); 0 leaves
-	// Go's default, one per CPU. With the epoll engine it is also the
-	// number of event loops (0: epoll.DefaultLoops).
+	// Go's default, one per CPU. With the epoll engine it is the number of
+	// event loops (0: epoll.DefaultLoops) and GOMAXPROCS is one more, at
+	// least one per CPU.
 	Threads int
 	// AccessLog is the access log's path, "-" for standard output, "" for
 	// none; AccessFormat its format.
