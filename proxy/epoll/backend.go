@@ -79,6 +79,8 @@ func (l *loop) poolFor(up proxy.Upstream) *bpool {
 			p.opts, p.epoch = cu.Options(), cu.Epoch()
 		}
 		p.opts = p.opts.WithDefaults()
+		// An upstream not sent the PROXY protocol appends nothing, whatever
+		// the addresses.
 		if pu, ok := up.(proxy.ProxiedUpstream); ok && len(pu.ProxyHeader(nil, netip.AddrPort{}, netip.AddrPort{})) > 0 {
 			p.pp = pu
 		}
