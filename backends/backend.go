@@ -129,16 +129,34 @@ type passiveRT struct {
 func (p passiveRT) RoundTrip(req *http.Request) (*http.Response, error) {
 	resp, err := p.rt.RoundTrip(req)
 	switch {
-	case err != nil:
-		if req.Context().Err() == nil && !errors.Is(err, context.Canceled) {
-			p.b.notePassive("request: " + err.Error())
-		}
-	case resp.StatusCode >= 500:
-		p.b.notePassive(fmt.Sprintf("request: status %d", resp.StatusCode))
-	default:
-		p.b.passive.Store(0)
+	case err == nil:
+		p.b.Answered(resp.StatusCode, nil)
+	case req.Context().Err() == nil:
+		p.b.Answered(0, err)
 	}
 	return resp, err
+}
+
+var _ proxy.PassiveUpstream = (*Backend)(nil)
+
+// Answered counts an attempt's outcome for passive detection when
+// passive_fails is set: a 5xx status or an error (other than a
+// cancellation) counts against the backend, any other status clears the
+// count. Both data planes call it (proxy.PassiveUpstream).
+func (b *Backend) Answered(status int, err error) {
+	if b.cfg.PassiveFails <= 0 {
+		return
+	}
+	switch {
+	case err != nil:
+		if !errors.Is(err, context.Canceled) {
+			b.notePassive("request: " + err.Error())
+		}
+	case status >= 500:
+		b.notePassive(fmt.Sprintf("request: status %d", status))
+	default:
+		b.passive.Store(0)
+	}
 }
 
 // notePassive counts a failed request and takes the backend out for its

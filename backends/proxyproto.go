@@ -9,6 +9,8 @@ import (
 	"net/netip"
 	"strconv"
 	"time"
+
+	"github.com/batonproxy/baton/proxy"
 )
 
 // PROXY protocol versions a backend may be sent (Config.ProxyProtocol).
@@ -33,6 +35,19 @@ type ppTransport struct{ rt http.RoundTripper }
 func (t ppTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	ctx := context.WithValue(req.Context(), clientAddrKey{}, req.RemoteAddr)
 	return t.rt.RoundTrip(req.WithContext(ctx))
+}
+
+var _ proxy.ProxiedUpstream = (*Backend)(nil)
+
+// ProxyHeader appends to dst the PROXY protocol header naming client and
+// local that a connection for a client's request begins with, or returns
+// dst when the backend is not sent the PROXY protocol; a data plane that
+// makes its own connections calls it (proxy.ProxiedUpstream).
+func (b *Backend) ProxyHeader(dst []byte, client, local netip.AddrPort) []byte {
+	if b.cfg.ProxyProtocol == "" {
+		return dst
+	}
+	return appendProxyHeader(dst, b.cfg.ProxyProtocol, client, local)
 }
 
 // ppDialer wraps dial so that every connection starts with a PROXY header

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/netip"
 	"time"
 )
 
@@ -179,4 +180,28 @@ type ConnUpstream interface {
 	Upstream
 	Options() UpstreamOptions
 	Epoch() uint64
+}
+
+// ProxiedUpstream is an Upstream that may want each connection a data
+// plane makes for a client's request to begin with a PROXY protocol
+// header. backends.Backend is one; the net/http plane's dialer writes the
+// same header.
+type ProxiedUpstream interface {
+	Upstream
+	// ProxyHeader appends to dst the header naming client and local (the
+	// address the client connected to) and returns it; it returns dst
+	// unchanged when the upstream is not sent the PROXY protocol. A
+	// connection that begins with a header belongs to that one request:
+	// it is made for it and never pooled.
+	ProxyHeader(dst []byte, client, local netip.AddrPort) []byte
+}
+
+// PassiveUpstream is an Upstream that watches how its attempts end, for
+// passive health detection. Both planes call Answered once per attempt,
+// where net/http's RoundTrip returns: with the response's status once its
+// header came (err nil), or with the error that ended the attempt before
+// one did; never when the client went away.
+type PassiveUpstream interface {
+	Upstream
+	Answered(status int, err error)
 }

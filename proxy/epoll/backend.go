@@ -1,8 +1,10 @@
 package epoll
 
 import (
+	"bytes"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"time"
 
@@ -28,6 +30,9 @@ type bpool struct {
 	addr  *net.TCPAddr // for errors
 	epoch uint64
 	idle  []*bconn
+	// pp is up when it is sent the PROXY protocol: each request gets a
+	// connection of its own that begins with a header naming its client.
+	pp proxy.ProxiedUpstream
 }
 
 func (p *bpool) closeIdle() {
@@ -48,6 +53,8 @@ type bconn struct {
 	epoch uint64 // the upstream's epoch when it was made
 
 	wOff     int
+	req      []byte // what is sent instead of the exchange's breq: a PROXY header, then the request
+	ppLen    int    // the PROXY header's length in req; > 0: the connection is never pooled
 	buf      []byte
 	r, w     int
 	reused   bool
@@ -73,6 +80,11 @@ func (l *loop) poolFor(up proxy.Upstream) *bpool {
 			p.opts, p.epoch = cu.Options(), cu.Epoch()
 		}
 		p.opts = p.opts.WithDefaults()
+		// An upstream not sent the PROXY protocol appends nothing, whatever
+		// the addresses.
+		if pu, ok := up.(proxy.ProxiedUpstream); ok && len(pu.ProxyHeader(nil, netip.AddrPort{}, netip.AddrPort{})) > 0 {
+			p.pp = pu
+		}
 		p.addr, _ = net.ResolveTCPAddr("tcp", up.Addr()) // for error messages only
 		l.pools[up] = p
 	}
@@ -157,6 +169,29 @@ func (be *bconn) timeoutErr(op string) error {
 	return &net.OpError{Op: op, Net: "tcp", Addr: be.p.addr, Err: os.ErrDeadlineExceeded}
 }
 
+// startProxied sends c's request on be, a new connection of its own,
+// after a PROXY protocol header naming c's client and the address it
+// connected to. Like net/http's Transport on the fresh connection the
+// net/http plane uses, it says Connection: close (a request that is not
+// replayable says so already).
+func (be *bconn) startProxied(c *conn) {
+	client, local := c.addrs()
+	req := be.p.pp.ProxyHeader(be.l.getSmall()[:0], client, local)
+	be.ppLen = len(req)
+	breq := c.x.breq
+	// The client's own X-Forwarded-For lines were dropped: the last one is
+	// the loop's.
+	if i := bytes.LastIndex(breq, xffLine); c.x.replay && i >= 0 {
+		req = append(req, breq[:i+2]...)
+		req = append(req, "Connection: close\r\n"...)
+		breq = breq[i+2:]
+	}
+	be.req = append(req, breq...)
+	be.start(c)
+}
+
+var xffLine = []byte("\r\nX-Forwarded-For: ")
+
 // start sends c's request on be.
 func (be *bconn) start(c *conn) {
 	x := &c.x
@@ -176,6 +211,9 @@ func (be *bconn) start(c *conn) {
 func (be *bconn) send() {
 	c := be.c
 	breq := c.x.breq
+	if be.req != nil {
+		breq = be.req
+	}
 	for be.wOff < len(breq) {
 		n, err := sysWrite(be.fd, breq[be.wOff:])
 		if err == unix.EINTR {
@@ -183,6 +221,12 @@ func (be *bconn) send() {
 		}
 		if err == unix.EAGAIN {
 			return // on EPOLLOUT
+		}
+		if err != nil && be.wOff < be.ppLen {
+			// As the net/http plane's dialer: nothing of the request was
+			// sent, so this is a connection that could not be made.
+			c.attemptFailed(be.p.dialErr(fmt.Errorf("proxy protocol header: %w", os.NewSyscallError("write", err))))
+			return
 		}
 		if err != nil {
 			c.attemptFailed(&net.OpError{Op: "write", Net: "tcp", Addr: be.p.addr, Err: os.NewSyscallError("write", err)})
@@ -389,6 +433,7 @@ func (be *bconn) process() bool {
 			}
 			continue
 		}
+		c.answered(r.status, nil)
 		be.finalWhileWaiting(r.keep)
 		c.out = out
 		be.resp = r
@@ -501,7 +546,7 @@ func (be *bconn) resume() {
 func (be *bconn) finish() {
 	c := be.c
 	x := &c.x
-	reuse := be.resp.keep && be.r == be.w && !be.hup && x.replay
+	reuse := be.resp.keep && be.r == be.w && !be.hup && x.replay && be.ppLen == 0
 	x.be, be.c = nil, nil
 	up := x.up
 	x.up = nil
@@ -626,6 +671,10 @@ func (be *bconn) close() {
 	if be.buf != nil {
 		be.l.putBig(be.buf)
 		be.buf = nil
+	}
+	if be.req != nil {
+		be.l.putSmall(be.req)
+		be.req = nil
 	}
 	if be.c != nil && be.c.x.be == be {
 		be.c.x.be = nil

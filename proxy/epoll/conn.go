@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"strconv"
 	"time"
@@ -58,7 +59,8 @@ type conn struct {
 	hdrTimed   bool // the header deadline of a started request is set
 	afterPost  bool // the last request was a POST: CR and LF before the next are skipped
 	ip         string
-	tls        *tlsConn // nil for plain HTTP
+	local      netip.AddrPort // the address the client connected to, once looked up (addrs)
+	tls        *tlsConn       // nil for plain HTTP
 
 	x exchange
 }
@@ -77,6 +79,7 @@ type exchange struct {
 	be        *bconn
 	attempt   int
 	redialed  bool
+	answered  bool // the attempt's outcome went to the upstream (answered)
 	avoid     proxy.Upstream
 	lastErr   error
 	lastUp    string
@@ -415,6 +418,7 @@ func (c *conn) attemptFailed(err error) {
 			err = derr
 		}
 	}
+	c.answered(0, err)
 	up := x.up
 	x.up = nil
 	up.Done(err)
@@ -431,6 +435,22 @@ func (c *conn) attemptFailed(err error) {
 	l.attempt(c)
 }
 
+// answered tells the upstream of the attempt how it ended, for passive
+// health detection (proxy.PassiveUpstream), once per attempt: where
+// net/http's RoundTrip would return, with the response's status or the
+// error that came before one. A client that went away is never reported
+// (abort), nor is a body the client framed wrongly (bodyError).
+func (c *conn) answered(status int, err error) {
+	x := &c.x
+	if x.answered || x.up == nil {
+		return
+	}
+	x.answered = true
+	if pu, ok := x.up.(proxy.PassiveUpstream); ok {
+		pu.Answered(status, err)
+	}
+}
+
 // fail answers the request with the failure err maps to, or cuts the
 // connection when part of the response already went out.
 func (c *conn) fail(err error) {
@@ -440,6 +460,7 @@ func (c *conn) fail(err error) {
 		x.be = nil
 	}
 	if x.up != nil {
+		c.answered(0, err)
 		x.up.Done(err)
 		x.up = nil
 	}
@@ -764,4 +785,27 @@ func (c *conn) remoteAddr() string {
 		return net.JoinHostPort(net.IP(sa.Addr[:]).String(), strconv.Itoa(sa.Port))
 	}
 	return ""
+}
+
+// addrs are the client's address and the address it connected to (the
+// accepted socket's own, looked up once per connection), for a PROXY
+// protocol header.
+func (c *conn) addrs() (client, local netip.AddrPort) {
+	if !c.local.IsValid() {
+		if sa, err := unix.Getsockname(c.fd); err == nil {
+			c.local = addrPort(sa)
+		}
+	}
+	return addrPort(c.sa), c.local
+}
+
+// addrPort is sa as a netip.AddrPort; invalid if sa is not TCP/IP.
+func addrPort(sa unix.Sockaddr) netip.AddrPort {
+	switch sa := sa.(type) {
+	case *unix.SockaddrInet4:
+		return netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), uint16(sa.Port))
+	case *unix.SockaddrInet6:
+		return netip.AddrPortFrom(netip.AddrFrom16(sa.Addr), uint16(sa.Port))
+	}
+	return netip.AddrPort{}
 }

@@ -29,6 +29,11 @@
 // for it, and a chunked response decoded and delimited by closing.
 // When an answer goes out before the client sent all of its body (the
 // backend answered early, an error), the connection closes after it.
+// An upstream sent the PROXY protocol (proxy.ProxiedUpstream) gets each
+// request on a new connection of its own, never pooled, that begins with
+// the header naming the client and the address it connected to (the
+// accepted socket's, looked up once per connection), and says
+// Connection: close, as net/http's Transport does on it.
 //
 // What the loop does not parse is not parsed twice: the connection, with
 // the bytes already read, is handed over to net/http serving the same
@@ -74,7 +79,9 @@
 // The rules are proxy.Handler's, called through its plane seam: the same
 // Pool (Pick counts a request in flight in the shared state table, Done
 // releases it), the same hold limits and counters, the same retry rule,
-// the same error answers (proxy.Failure) and the same Observer. A held
+// the same error answers (proxy.Failure), the same Observer, and the same
+// passive health detection (proxy.PassiveUpstream: each attempt's status,
+// or the error that ended it before one came, once). A held
 // request parks in its loop; one goroutine per loop blocks in Pool.Wait
 // and wakes the loop through an eventfd.
 //

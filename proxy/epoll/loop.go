@@ -605,7 +605,16 @@ func (l *loop) attempt(c *conn) {
 	if l.s.Handler.Observing() {
 		x.ex.Backend, x.ex.Attempts = up.Name(), x.attempt
 	}
-	x.redialed = false
+	x.redialed, x.answered = false, false
+	if p := l.poolFor(up); p.pp != nil {
+		be, err := l.dial(p)
+		if err != nil {
+			c.attemptFailed(err)
+			return
+		}
+		be.startProxied(c)
+		return
+	}
 	// Like the net/http plane: a request that is not replayable goes on a
 	// fresh connection (a pooled one may be closing as idle just now).
 	be, err := l.conn(up, x.replay)
