@@ -403,7 +403,11 @@ func (be *bconn) process() bool {
 		if c.out == nil {
 			c.out = be.l.getSmall()[:0]
 		}
-		r, out, err := parseResponse(be.buf[be.r:be.w], x.head, c.out[:0], c.closing() || x.rb.unfinished(), x.v10)
+		// Once: draining begins on another goroutine, and a response whose
+		// header did not say "Connection: close" must not be followed by a
+		// close the client cannot expect.
+		closing := c.closing() || x.rb.unfinished()
+		r, out, err := parseResponse(be.buf[be.r:be.w], x.head, c.out[:0], closing, x.v10)
 		c.out, c.outR = out[:0], 0
 		if err != nil {
 			be.c.fail(proxy.UpstreamError(be.p.up.Name(), fmt.Errorf("%w: %w", proxy.ErrResponseStarted, err)))
@@ -441,7 +445,7 @@ func (be *bconn) process() bool {
 		if c.l.h.Observing() {
 			x.ex.Upstream = time.Since(x.sent)
 		}
-		if r.mode == bodyClose || c.closing() || x.rb.unfinished() || x.v10 && r.mode == bodyChunked {
+		if r.mode == bodyClose || closing || x.v10 && r.mode == bodyChunked {
 			c.closeAfter = true
 		}
 		be.state = bBody
