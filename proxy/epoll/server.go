@@ -52,9 +52,9 @@ type Server struct {
 	// ErrorLog receives net/http's own errors for handed-over
 	// connections, and failed TLS handshakes; nil: the standard logger.
 	ErrorLog *log.Logger
-	// TLSConfig, if set, makes Serve terminate TLS: see tlsFront. Serve
-	// sets its KeyLogWriter, which keeps each handshake's traffic secrets
-	// in memory for the loop that serves the connection.
+	// TLSConfig, if set, makes Serve terminate TLS: see tlsFront. Each
+	// handshake uses a clone of it whose KeyLogWriter keeps that
+	// connection's traffic secrets in memory, for the loop that serves it.
 	TLSConfig *tls.Config
 	// Fallback serves what the loops do not; nil: plain net/http.
 	Fallback Fallback

@@ -264,3 +264,155 @@ func (s *syncBuffer) Write(p []byte) (int, error) {
 	defer s.mu.Unlock()
 	return s.b.Write(p)
 }
+
+// holdConn sends its first write (the ClientHello) at once and holds every
+// later one until flush, which sends them in one write: the client's
+// Finished and what follows it arrive together.
+type holdConn struct {
+	net.Conn
+	mu     sync.Mutex
+	writes  int
+	held    []byte
+	flushed bool
+}
+
+func (c *holdConn) Write(p []byte) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.writes++; c.writes == 1 || c.flushed {
+		return c.Conn.Write(p)
+	}
+	c.held = append(c.held, p...)
+	return len(p), nil
+}
+
+func (c *holdConn) flush() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	_ = c.Conn.SetWriteDeadline(time.Time{}) // crypto/tls's CloseWrite ends writing with a past deadline
+	_, err := c.Conn.Write(c.held)
+	c.held, c.flushed = nil, true
+	return err
+}
+
+// fixedRand makes every ClientHello random the same.
+type fixedRand struct{}
+
+func (fixedRand) Read(p []byte) (int, error) {
+	for i := range p {
+		p[i] = 7
+	}
+	return len(p), nil
+}
+
+// TestTLSFinishedRequestCloseNotify: the client's Finished, a request and
+// its close_notify in one write (they reach the loop with the handshake's
+// leftovers): the request is answered, then the connection closes.
+func TestTLSFinishedRequestCloseNotify(t *testing.T) {
+	b := backend(t, tlsBackend())
+	addr, cc := tlsPlane(t, newPool(true, b), nil)
+	for i := 0; i < 5; i++ {
+		raw, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		hc := &holdConn{Conn: raw}
+		cfg := cc.Clone()
+		cfg.MinVersion, cfg.NextProtos = tls.VersionTLS13, []string{"http/1.1"}
+		c := tls.Client(hc, cfg)
+		_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+		if err := c.Handshake(); err != nil {
+			t.Fatal(err)
+		}
+		io.WriteString(c, "GET /together HTTP/1.1\r\nHost: localhost\r\n\r\n")
+		c.CloseWrite()
+		if err := hc.flush(); err != nil {
+			t.Fatal(err)
+		}
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			t.Fatalf("try %d: %v", i, err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		if got, want := string(body), "GET /together proto=HTTP/1.1 xfp=https body=0\n"; got != want {
+			t.Fatalf("try %d: got %q, want %q", i, got, want)
+		}
+		c.Close()
+	}
+}
+
+// TestTLSCopiedRandom: a second handshake with the same client random (a
+// copied ClientHello) while the first has not finished cannot make the
+// first one use its keys: both are answered.
+func TestTLSCopiedRandom(t *testing.T) {
+	b := backend(t, tlsBackend())
+	addr, cc := tlsPlane(t, newPool(true, b), nil)
+	cfg := cc.Clone()
+	cfg.MinVersion, cfg.NextProtos, cfg.Rand = tls.VersionTLS13, []string{"http/1.1"}, fixedRand{}
+	get := func(c *tls.Conn, path string) string {
+		t.Helper()
+		_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+		fmt.Fprintf(c, "GET %s HTTP/1.1\r\nHost: localhost\r\n\r\n", path)
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			t.Fatalf("%s: %v", path, err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		return string(body)
+	}
+	raw, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hv := &holdConn{Conn: raw}
+	victim := tls.Client(hv, cfg)
+	defer victim.Close()
+	if err := victim.Handshake(); err != nil { // its Finished is held back
+		t.Fatal(err)
+	}
+	// The copy's ClientHello comes in records of 30 bytes: its first
+	// record does not even hold the random.
+	rawOther, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	other := tls.Client(&splitHelloConn{Conn: rawOther}, cfg)
+	defer other.Close()
+	if err := other.Handshake(); err != nil {
+		t.Fatal(err)
+	}
+	if got := get(other, "/other"); !strings.HasPrefix(got, "GET /other ") {
+		t.Fatalf("other: %q", got)
+	}
+	if err := hv.flush(); err != nil {
+		t.Fatal(err)
+	}
+	if got := get(victim, "/victim"); !strings.HasPrefix(got, "GET /victim ") {
+		t.Fatalf("victim: %q", got)
+	}
+}
+
+// splitHelloConn sends its first write (one record: the ClientHello) as
+// records of at most 30 bytes of the handshake message each.
+type splitHelloConn struct {
+	net.Conn
+	done bool
+}
+
+func (c *splitHelloConn) Write(p []byte) (int, error) {
+	if c.done || len(p) < 5 || p[0] != 22 {
+		return c.Conn.Write(p)
+	}
+	c.done = true
+	var out []byte
+	for body := p[5:]; len(body) > 0; {
+		n := min(30, len(body))
+		out = append(out, 22, p[1], p[2], 0, byte(n))
+		out = append(out, body[:n]...)
+		body = body[n:]
+	}
+	if _, err := c.Conn.Write(out); err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}

@@ -65,12 +65,16 @@ func (l *loop) takeAdopted() {
 		}
 		l.schedule(c, l.now+int64(l.s.ReadHeaderTimeout))
 		if len(a.tls.raw) > 0 {
-			// What the client sent right after its Finished.
+			// What the client sent right after its Finished: requests,
+			// and maybe already its close_notify.
 			raw := append(l.getSmall()[:0], a.tls.raw...)
 			a.tls.raw = raw
-			if c.openRecords() {
-				c.process()
+			open := c.openRecords()
+			if c.state == stClosed {
+				continue
 			}
+			c.eof = !open
+			c.process()
 		} else {
 			a.tls.raw = nil
 		}

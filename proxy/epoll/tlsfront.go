@@ -25,8 +25,7 @@ import (
 type tlsFront struct {
 	s    *Server
 	ln   net.Listener
-	cfg  *tls.Config
-	keys *keyLog
+	cfg  *tls.Config // the handshakes': base with configFor
 	next atomic.Uint32
 	wg   sync.WaitGroup // the accept loop and the handshakes
 
@@ -37,8 +36,12 @@ type tlsFront struct {
 }
 
 func newTLSFront(s *Server, ln net.Listener) *tlsFront {
-	f := &tlsFront{s: s, ln: ln, cfg: s.TLSConfig, keys: newKeyLog(), hs: map[net.Conn]struct{}{}, wake: make(chan struct{}, 1)}
-	f.cfg.KeyLogWriter = f.keys
+	f := &tlsFront{s: s, ln: ln, hs: map[net.Conn]struct{}{}, wake: make(chan struct{}, 1)}
+	base := s.TLSConfig
+	// A shallow copy that only picks each connection's Config: base
+	// itself (its session ticket keys, rotated by whoever owns it) stays
+	// the one every handshake clones.
+	f.cfg = &tls.Config{GetConfigForClient: configFor(base, base.GetConfigForClient)}
 	return f
 }
 
@@ -118,13 +121,10 @@ func (f *tlsFront) closeHandshakes() {
 func (f *tlsFront) handshake(nc net.Conn) {
 	defer f.wg.Done()
 	s := f.s
-	hc := &hsConn{Conn: nc, keys: f.keys, limit: true}
+	hc := &hsConn{Conn: nc, limit: true}
 	tc := tls.Server(hc, f.cfg)
 	_ = nc.SetDeadline(time.Now().Add(s.ReadHeaderTimeout))
 	err := tc.HandshakeContext(context.Background())
-	if hc.hasRandom {
-		defer f.keys.drop(hc.random)
-	}
 	f.mu.Lock()
 	delete(f.hs, nc)
 	closed := f.closed
@@ -183,15 +183,15 @@ func looksLikeHTTP(hdr [5]byte) bool {
 // if tc stays with crypto/tls.
 func (f *tlsFront) loopState(tc *tls.Conn, hc *hsConn) *tlsConn {
 	st := tc.ConnectionState()
-	if st.Version != tls.VersionTLS13 || st.NegotiatedProtocol == "h2" || !hc.hasRandom || hc.left != 0 || hc.overflow {
+	if st.Version != tls.VersionTLS13 || st.NegotiatedProtocol == "h2" || hc.left != 0 || hc.overflow {
 		return nil
 	}
 	suite, ok := loopSuite(st.CipherSuite)
 	if !ok {
 		return nil
 	}
-	sec := f.keys.take(hc.random)
-	if sec == nil {
+	sec := hc.keys
+	if sec.client == nil || sec.server == nil {
 		return nil
 	}
 	wr, err := newHalfConn(suite, sec.server, 0)
@@ -272,24 +272,21 @@ const maxCaptured = 64 << 10
 
 // hsConn is the TCP connection under crypto/tls during a handshake. It
 // gives crypto/tls no byte beyond the record it is reading, so that what
-// the client sends after its Finished stays here for the loop; it notes
-// the client random (to find the handshake's secrets in the key log); and
-// it keeps a copy of the protected records the server sends, to count
-// those already protected with the application traffic secret.
+// the client sends after its Finished stays here for the loop; it keeps
+// the handshake's traffic secrets (configFor); and it keeps a copy of the
+// protected records the server sends, to count those already protected
+// with the application traffic secret.
 type hsConn struct {
 	net.Conn
-	keys      *keyLog
-	limit     bool // false once handed to crypto/tls for good
-	buf       []byte
-	r, w      int
-	left      int // bytes of the current record not given yet
-	seenFirst bool
-	hasRandom bool
-	random    [32]byte
-	sent      [][]byte
-	wpart     []byte // the start of a record written in part
-	captured  int
-	overflow  bool
+	keys     connKeys
+	limit    bool // false once handed to crypto/tls for good
+	buf      []byte
+	r, w     int
+	left     int // bytes of the current record not given yet
+	sent     [][]byte
+	wpart    []byte // the start of a record written in part
+	captured int
+	overflow bool
 }
 
 func (c *hsConn) Read(p []byte) (int, error) {
@@ -305,18 +302,7 @@ func (c *hsConn) Read(p []byte) (int, error) {
 		if err := c.fill(recordHeader); err != nil {
 			return 0, err
 		}
-		hdr := c.buf[c.r : c.r+recordHeader]
-		c.left = recordHeader + int(binary.BigEndian.Uint16(hdr[3:]))
-		if !c.seenFirst {
-			c.seenFirst = true
-			// header, handshake type (1) and length (3), version (2),
-			// then the random.
-			if hdr[0] == recordHandshake && c.left >= 43 && c.fill(43) == nil && c.buf[c.r+5] == 1 {
-				copy(c.random[:], c.buf[c.r+11:c.r+43])
-				c.hasRandom = true
-				c.keys.expect(c.random)
-			}
-		}
+		c.left = recordHeader + int(binary.BigEndian.Uint16(c.buf[c.r+3:]))
 	}
 	if c.r == c.w {
 		if err := c.fill(1); err != nil {

@@ -2,61 +2,18 @@ package epoll
 
 import (
 	"bytes"
+	"crypto/tls"
 	"encoding/hex"
-	"sync"
+	"errors"
 )
 
-// keyLog receives the traffic secrets crypto/tls writes to a
-// tls.Config's KeyLogWriter, and keeps those of the handshakes a front is
-// waiting for (by client random), in memory only, until the handshake
-// takes them. Secrets of any other handshake are dropped unread.
-type keyLog struct {
-	mu      sync.Mutex
-	pending map[[32]byte]*secrets
-}
-
-// secrets are one handshake's application traffic secrets.
-type secrets struct {
+// connKeys receives the traffic secrets of one handshake: crypto/tls
+// writes them to the KeyLogWriter of the tls.Config it handshakes with,
+// and the front gives each connection a Config of its own (configFor)
+// whose writer is that connection's connKeys. The secrets stay in memory,
+// with the connection; nothing else is written anywhere.
+type connKeys struct {
 	client, server []byte
-	ambiguous      bool // two handshakes used the same client random
-}
-
-func newKeyLog() *keyLog { return &keyLog{pending: map[[32]byte]*secrets{}} }
-
-// expect registers a handshake by its client random.
-func (k *keyLog) expect(random [32]byte) {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	if s, ok := k.pending[random]; ok {
-		// A copied random (a replayed ClientHello): neither handshake
-		// can tell which secrets are its own; both go to crypto/tls.
-		s.ambiguous = true
-		return
-	}
-	k.pending[random] = &secrets{}
-}
-
-// take returns and forgets the secrets of random's handshake; nil if
-// they are not both there or ambiguous.
-func (k *keyLog) take(random [32]byte) *secrets {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	s, ok := k.pending[random]
-	if !ok {
-		return nil
-	}
-	delete(k.pending, random)
-	if s.ambiguous || s.client == nil || s.server == nil {
-		return nil
-	}
-	return s
-}
-
-// drop forgets random's handshake (it failed or was taken).
-func (k *keyLog) drop(random [32]byte) {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	delete(k.pending, random)
 }
 
 var (
@@ -65,38 +22,53 @@ var (
 )
 
 // Write takes one NSS key log line, as crypto/tls writes them.
-func (k *keyLog) Write(line []byte) (int, error) {
+func (k *connKeys) Write(line []byte) (int, error) {
 	n := len(line)
-	var server bool
+	var dst *[]byte
 	switch {
 	case bytes.HasPrefix(line, labelClient):
-		line = line[len(labelClient):]
+		line, dst = line[len(labelClient):], &k.client
 	case bytes.HasPrefix(line, labelServer):
-		line, server = line[len(labelServer):], true
+		line, dst = line[len(labelServer):], &k.server
 	default:
 		return n, nil
 	}
-	line = bytes.TrimSuffix(line, []byte("\n"))
-	r, sec, ok := bytes.Cut(line, []byte(" "))
-	var random [32]byte
-	if !ok || hex.DecodedLen(len(r)) != 32 {
-		return n, nil
-	}
-	if _, err := hex.Decode(random[:], r); err != nil {
+	_, sec, ok := bytes.Cut(bytes.TrimSuffix(line, []byte("\n")), []byte(" "))
+	if !ok {
 		return n, nil
 	}
 	secret := make([]byte, hex.DecodedLen(len(sec)))
-	if _, err := hex.Decode(secret, sec); err != nil {
-		return n, nil
-	}
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	if s, ok := k.pending[random]; ok {
-		if server {
-			s.server = secret
-		} else {
-			s.client = secret
-		}
+	if _, err := hex.Decode(secret, sec); err == nil {
+		*dst = secret
 	}
 	return n, nil
+}
+
+// configFor is the Config base handshakes with for the connection hello
+// came on: a copy whose KeyLogWriter is that connection's own, so no
+// other handshake's secrets can land with it (a client random is no
+// identity: anyone can send a copy of someone else's). The session ticket
+// keys are base's (Clone copies them), as crypto/tls does for a Config
+// from GetConfigForClient.
+func configFor(base *tls.Config, userGet func(*tls.ClientHelloInfo) (*tls.Config, error)) func(*tls.ClientHelloInfo) (*tls.Config, error) {
+	return func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
+		hc, ok := hello.Conn.(*hsConn)
+		if !ok {
+			return nil, errors.New("epoll: handshake on a connection the front did not make")
+		}
+		cfg := base
+		if userGet != nil {
+			c, err := userGet(hello)
+			if err != nil {
+				return nil, err
+			}
+			if c != nil {
+				cfg = c
+			}
+		}
+		cfg = cfg.Clone()
+		cfg.GetConfigForClient = nil
+		cfg.KeyLogWriter = &hc.keys
+		return cfg, nil
+	}
 }
