@@ -48,8 +48,8 @@ type bconn struct {
 	p     *bpool
 	fd    int
 	state uint8
-	c     *conn // the client it serves; nil when idle
-	idx   int   // in p.idle while idle
+	c     *conn  // the client it serves; nil when idle
+	idx   int    // in p.idle while idle
 	epoch uint64 // the upstream's epoch when it was made
 
 	wOff     int

@@ -270,7 +270,7 @@ func (s *syncBuffer) Write(p []byte) (int, error) {
 // Finished and what follows it arrive together.
 type holdConn struct {
 	net.Conn
-	mu     sync.Mutex
+	mu      sync.Mutex
 	writes  int
 	held    []byte
 	flushed bool
