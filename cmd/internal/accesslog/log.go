@@ -13,8 +13,9 @@ import (
 
 // Defaults applied by Open to zero Options fields.
 const (
-	DefaultBuffer       = 1 << 20 // bytes of lines waiting for the disk
-	DefaultPollInterval = 250 * time.Millisecond
+	DefaultBuffer        = 1 << 20 // bytes of lines waiting for the disk
+	DefaultPollInterval  = 250 * time.Millisecond
+	DefaultFlushInterval = 10 * time.Millisecond
 )
 
 // pipeBuf is how much one write(2) to a pipe may carry and stay atomic
@@ -35,6 +36,11 @@ type Options struct {
 	// generation).
 	ReopenEpoch  func() uint64
 	PollInterval time.Duration // default DefaultPollInterval
+	// FlushInterval is how long the first line of a batch waits for more
+	// before the batch is written (sooner once half the buffer is used),
+	// as nginx's access_log flush=: a write(2) per batch, not per
+	// request. Default DefaultFlushInterval.
+	FlushInterval time.Duration
 	// Written and Dropped, if set, are told how many lines were written
 	// and dropped (buffer full, write error). They are called from the
 	// writer goroutine and from Log.
@@ -74,6 +80,9 @@ func Open(opts Options) (*Log, error) {
 	}
 	if opts.PollInterval <= 0 {
 		opts.PollInterval = DefaultPollInterval
+	}
+	if opts.FlushInterval <= 0 {
+		opts.FlushInterval = DefaultFlushInterval
 	}
 	f, pipe, err := open(opts.Path)
 	if err != nil {
@@ -133,7 +142,12 @@ func (l *Log) Log(e *proxy.Exchange, x Extra) {
 	line := AppendLine((*bp)[:0], l.opts.Format, e, x)
 	l.mu.Lock()
 	ok := !l.closed && len(l.pending)+len(line) <= cap(l.pending)
+	// The writer is woken by a batch's first line (it then waits for
+	// FlushInterval) and when half the buffer is used (it writes now).
+	wake := false
 	if ok {
+		half := cap(l.pending) / 2
+		wake = len(l.pending) == 0 || len(l.pending) < half && len(l.pending)+len(line) >= half
 		l.pending = append(l.pending, line...)
 		l.lines++
 	}
@@ -148,9 +162,11 @@ func (l *Log) Log(e *proxy.Exchange, x Extra) {
 		}
 		return
 	}
-	select {
-	case l.wakeC <- struct{}{}:
-	default:
+	if wake {
+		select {
+		case l.wakeC <- struct{}{}:
+		default:
+		}
 	}
 }
 
@@ -188,9 +204,24 @@ func (l *Log) run() {
 		defer t.Stop()
 		tickC = t.C
 	}
+	flush := time.NewTimer(time.Hour)
+	flush.Stop()
+	defer flush.Stop()
+	waiting := false // flush is set for a batch
 	for {
 		select {
 		case <-l.wakeC:
+			l.mu.Lock()
+			full := len(l.pending) >= cap(l.pending)/2
+			l.mu.Unlock()
+			if !full {
+				if !waiting {
+					waiting = true
+					flush.Reset(l.opts.FlushInterval)
+				}
+				continue
+			}
+		case <-flush.C:
 		case <-tickC:
 			if e := l.opts.ReopenEpoch(); e != l.epoch {
 				l.epoch = e
@@ -210,6 +241,10 @@ func (l *Log) run() {
 				l.f.Close()
 			}
 			return
+		}
+		if waiting {
+			waiting = false
+			flush.Stop()
 		}
 		l.flush()
 	}
