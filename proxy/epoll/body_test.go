@@ -2,7 +2,6 @@ package epoll_test
 
 import (
 	"bytes"
-	"context"
 	"crypto/sha256"
 	"fmt"
 	"io"
@@ -25,26 +24,8 @@ func bodyPlane(t testing.TB, engine string, p proxy.Pool, cfg proxy.Config) (str
 	if engine != "epoll" {
 		return plane(t, engine, p, cfg), func() int64 { return 0 }
 	}
-	h := proxy.New(p, cfg)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := &epoll.Server{Handler: h, Loops: 1}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		if err := s.Serve(ln); err != nil {
-			t.Error(err)
-		}
-	}()
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = s.Drain(ctx)
-		<-done
-	})
-	return ln.Addr().String(), func() int64 { return epoll.HandedOver(s) }
+	s := &epoll.Server{Handler: proxy.New(p, cfg), Loops: 1}
+	return serveEpoll(t, s), func() int64 { return epoll.HandedOver(s) }
 }
 
 // echoBackend answers /echo with the method, the body's length, framing

@@ -109,37 +109,23 @@ var engines = []string{"epoll", "stdlib"}
 func plane(t testing.TB, engine string, p proxy.Pool, cfg proxy.Config) string {
 	t.Helper()
 	h := proxy.New(p, cfg)
+	if engine == "epoll" {
+		return serveEpoll(t, &epoll.Server{Handler: h, Loops: 1})
+	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
+	s := &http.Server{Handler: h}
 	done := make(chan struct{})
-	switch engine {
-	case "epoll":
-		s := &epoll.Server{Handler: h, Loops: 1}
-		go func() {
-			defer close(done)
-			if err := s.Serve(ln); err != nil {
-				t.Error(err)
-			}
-		}()
-		t.Cleanup(func() {
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			defer cancel()
-			_ = s.Drain(ctx)
-			<-done
-		})
-	default:
-		s := &http.Server{Handler: h}
-		go func() {
-			defer close(done)
-			_ = s.Serve(ln)
-		}()
-		t.Cleanup(func() {
-			s.Close()
-			<-done
-		})
-	}
+	go func() {
+		defer close(done)
+		_ = s.Serve(ln)
+	}()
+	t.Cleanup(func() {
+		s.Close()
+		<-done
+	})
 	return ln.Addr().String()
 }
 
@@ -337,23 +323,7 @@ func TestHoldCountedOnce(t *testing.T) {
 	b := backend(t, testBackend())
 	p := newPool(false, b)
 	h := proxy.New(p, proxy.Config{HoldTimeout: 10 * time.Second})
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := &epoll.Server{Handler: h, Loops: 1}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		_ = s.Serve(ln)
-	}()
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = s.Drain(ctx)
-		<-done
-	})
-	rc := dial(t, ln.Addr().String())
+	rc := dial(t, serveEpoll(t, &epoll.Server{Handler: h, Loops: 1}))
 	rc.send(t, "GET /held HTTP/1.1\r\nHost: x\r\n\r\n")
 	for i := int64(1); i <= 5; i++ {
 		waitFor(t, func() bool { return p.waits.Load() == i })
@@ -450,4 +420,28 @@ func TestDrainNeverClosesKeepAlive(t *testing.T) {
 			t.Fatalf("round %d: %v", round, err)
 		}
 	}
+}
+
+// serveEpoll serves s on a loopback port and returns its address; s is
+// drained at cleanup.
+func serveEpoll(t testing.TB, s *epoll.Server) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := s.Serve(ln); err != nil {
+			t.Error(err)
+		}
+	}()
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = s.Drain(ctx)
+		<-done
+	})
+	return ln.Addr().String()
 }

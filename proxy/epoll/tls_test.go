@@ -28,28 +28,11 @@ func tlsPlane(t *testing.T, p proxy.Pool, errLog io.Writer) (string, *tls.Config
 	ca := tlstest.NewCA(t)
 	pair := ca.Issue(t, time.Now().Add(-time.Hour), time.Now().Add(time.Hour), "localhost")
 	srvCfg := &tls.Config{Certificates: []tls.Certificate{pair.Certificate(t)}, NextProtos: []string{"h2", "http/1.1"}}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
 	s := &epoll.Server{Handler: proxy.New(p, proxy.Config{HoldTimeout: time.Second}), Loops: 1, TLSConfig: srvCfg}
 	if errLog != nil {
 		s.ErrorLog = log.New(errLog, "", 0)
 	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		if err := s.Serve(ln); err != nil {
-			t.Error(err)
-		}
-	}()
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = s.Drain(ctx)
-		<-done
-	})
-	return ln.Addr().String(), &tls.Config{RootCAs: ca.Pool(), ServerName: "localhost"}
+	return serveEpoll(t, s), &tls.Config{RootCAs: ca.Pool(), ServerName: "localhost"}
 }
 
 func tlsBackend() http.Handler {
