@@ -445,3 +445,27 @@ func serveEpoll(t testing.TB, s *epoll.Server) string {
 	})
 	return ln.Addr().String()
 }
+
+// TestIPv6Backend: the loop connects to a backend on ::1.
+func TestIPv6Backend(t *testing.T) {
+	ln, err := net.Listen("tcp", "[::1]:0")
+	if err != nil {
+		t.Fatalf("no IPv6 loopback: %v", err)
+	}
+	srv := httptest.NewUnstartedServer(testBackend())
+	srv.Listener.Close()
+	srv.Listener = ln
+	srv.Start()
+	t.Cleanup(srv.Close)
+	u := &upstream{name: "v6", addr: ln.Addr().String(), tr: &http.Transport{}}
+	for _, engine := range engines {
+		t.Run(engine, func(t *testing.T) {
+			rc := dial(t, plane(t, engine, newPool(true, u), proxy.Config{}))
+			rc.send(t, "GET /v6 HTTP/1.1\r\nHost: x\r\n\r\n")
+			resp, body := rc.read(t, "GET")
+			if resp.StatusCode != 200 || !strings.HasPrefix(body, "GET /v6 host=x") {
+				t.Errorf("got %d %q", resp.StatusCode, body)
+			}
+		})
+	}
+}
