@@ -225,16 +225,7 @@ func (i *instance) start() error {
 		if err != nil {
 			return &config.Error{File: cfg.Path, Key: fmt.Sprintf("proxy.listen[%d]", n), Err: err}
 		}
-		srv := i.newServer(nil, errLog)
-		i.servers = append(i.servers, srv)
-		i.addrs = append(i.addrs, ln.Addr().String())
-		i.bg.Add(1)
-		go func() {
-			defer i.bg.Done()
-			if err := srv.Serve(ln); err != nil {
-				i.log.Error("serve", "addr", addr, "err", err)
-			}
-		}()
+		i.serve(i.newServer(nil, errLog), ln)
 	}
 	if err := i.startTLS(errLog); err != nil {
 		return err
@@ -254,6 +245,20 @@ func (i *instance) start() error {
 		}()
 	}
 	return nil
+}
+
+// serve runs srv on ln until it drains; the instance waits for it.
+func (i *instance) serve(srv server, ln net.Listener) {
+	i.servers = append(i.servers, srv)
+	addr := ln.Addr().String()
+	i.addrs = append(i.addrs, addr)
+	i.bg.Add(1)
+	go func() {
+		defer i.bg.Done()
+		if err := srv.Serve(ln); err != nil {
+			i.log.Error("serve", "addr", addr, "err", err)
+		}
+	}()
 }
 
 // newServer is the server of one listener: the configured engine's, for

@@ -45,16 +45,7 @@ func (i *instance) startTLS(errLog *log.Logger) error {
 			}
 			tc := t.ServerConfig()
 			i.tickets.Apply(tc)
-			srv := i.newServer(tc, errLog)
-			i.servers = append(i.servers, srv)
-			i.addrs = append(i.addrs, ln.Addr().String())
-			i.bg.Add(1)
-			go func() {
-				defer i.bg.Done()
-				if err := srv.Serve(ln); err != nil {
-					i.log.Error("serve", "addr", addr, "err", err)
-				}
-			}()
+			i.serve(i.newServer(tc, errLog), ln)
 		}
 	}
 	return nil
