@@ -54,11 +54,11 @@
 // With a TLSConfig, a front goroutine accepts and each handshake runs on
 // a goroutine of its own with crypto/tls, through a connection wrapper
 // that gives crypto/tls no byte beyond the record it reads (what the
-// client sends after its Finished stays for the loop) and notes the
-// client random. The handshake's traffic secrets come from the
-// tls.Config's KeyLogWriter into memory, keyed by that random, and are
-// taken by the handshake alone (a ClientHello random seen twice sends
-// both connections to crypto/tls). A TLS 1.3 connection that chose
+// client sends after its Finished stays for the loop). Each handshake
+// uses a clone of the tls.Config whose KeyLogWriter is that connection's
+// own, so its traffic secrets go into memory with it and nowhere else (a
+// client random is no identity: anyone can copy another's). A TLS 1.3
+// connection that chose
 // HTTP/1.1 (or nothing) and an AES-GCM suite then moves into a loop with
 // its descriptor, its keys and sequence numbers (the session ticket
 // crypto/tls sent is counted by opening the captured records, not
