@@ -26,8 +26,12 @@ const (
 // loop of our own retried none.
 //
 // Closing the returned listener closes ln and ends a pause at once. log
-// may be nil; name says which listener it is in the log.
+// may be nil; name says which listener it is in the log. A listener
+// KeepAccepting returned is returned as it is.
 func KeepAccepting(ln net.Listener, log *slog.Logger, name string) net.Listener {
+	if k, ok := ln.(*keepAccepting); ok {
+		return k // keeps accepting already (a caller's server wraps it again)
+	}
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}

@@ -45,7 +45,8 @@ func (i *instance) startTLS(errLog *log.Logger) error {
 			}
 			tc := t.ServerConfig()
 			i.tickets.Apply(tc)
-			i.serve(i.newServer(tc, errLog), ln)
+			// The epoll plane's TLS front accepts on ln itself.
+			i.serve(i.newServer(tc, errLog), handoff.KeepAccepting(ln, i.log, addr))
 		}
 	}
 	return nil

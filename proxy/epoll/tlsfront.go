@@ -45,17 +45,11 @@ func newTLSFront(s *Server, ln net.Listener) *tlsFront {
 	return f
 }
 
-// acceptBackoff bounds the pause after a failed accept (EMFILE and the
-// like): the connection waits in the backlog meanwhile.
-const (
-	acceptBackoffMin = 5 * time.Millisecond
-	acceptBackoffMax = time.Second
-)
-
-// serve accepts until the listener is closed.
+// serve accepts until the listener fails. The listener is to outlive
+// failed accepts (EMFILE and the like) itself: baton passes one from
+// handoff.KeepAccepting, which pauses, retries and logs them.
 func (f *tlsFront) serve() {
 	defer f.wg.Done()
-	backoff := time.Duration(0)
 	for {
 		if m := f.s.MaxConns; m > 0 && f.s.conns.Load() >= int64(m) {
 			select {
@@ -69,19 +63,11 @@ func (f *tlsFront) serve() {
 		}
 		nc, err := f.ln.Accept()
 		if err != nil {
-			if errors.Is(err, net.ErrClosed) || f.stopped() {
-				return
+			if !errors.Is(err, net.ErrClosed) && !f.stopped() && f.s.ErrorLog != nil {
+				f.s.ErrorLog.Printf("epoll: TLS accept: %v", err)
 			}
-			backoff = min(max(2*backoff, acceptBackoffMin), acceptBackoffMax)
-			t := time.NewTimer(backoff)
-			select {
-			case <-t.C:
-			case <-f.wake:
-				t.Stop()
-			}
-			continue
+			return
 		}
-		backoff = 0
 		f.s.conns.Add(1)
 		f.mu.Lock()
 		if f.closed {
