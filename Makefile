@@ -68,7 +68,7 @@ demo: deps build
 # Side-by-side throughput and latency of direct access, baton, HAProxy and
 # nginx on one nginx backend, plus upgrade timings; writes BENCHMARKS.md.
 bench: deps-bench build
-	$(GO) run ./cmd/bench -baton $(BIN) -out BENCHMARKS.md
+	cd tools/bench && $(GO) run . -baton $(abspath $(BIN)) -out $(abspath BENCHMARKS.md)
 
 # The Debian package: a static binary, the systemd unit, /etc/baton/baton.toml
 # (a conffile), the man page. nfpm does the packaging, as a Go library in

@@ -1,11 +1,11 @@
 // Command bench compares baton with HAProxy and nginx as reverse proxies in
 // front of one nginx backend, and measures baton's upgrades under load.
 //
-//	go run ./cmd/bench -baton bin/baton [-duration 10s] [-rounds 3] [-out BENCHMARKS.md] [-quick]
+//	cd tools/bench && go run . -baton ../../bin/baton [-duration 10s] [-rounds 3] [-out BENCHMARKS.md] [-quick]
 //		[-syscalls=true] [-syscall-duration 3s] [-idle-conns 10000]
 //
 // It needs wrk, haproxy and nginx (Debian: wrk haproxy nginx-light), and
-// the go command, run inside the baton module: it builds two reference
+// the go command, run inside this module (tools/bench, a module of its own so that nothing of it ships): it builds two reference
 // programs from its own source, which are yardsticks, not products:
 // internal/minproxy, a deliberately minimal Go reverse proxy measured next
 // to the others as "go-minimal (reference)", and internal/tfref, a minimal

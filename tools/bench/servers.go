@@ -537,7 +537,7 @@ func (b *bench) buildRefs(ctx context.Context) error {
 			dir = filepath.Dir(file)
 		}
 	}
-	const pkg = "github.com/batonproxy/baton/cmd/bench/internal/"
+	const pkg = "github.com/batonproxy/baton/tools/bench/internal/"
 	cmd := exec.CommandContext(ctx, goTool, "build", "-o", b.dir+string(filepath.Separator),
 		pkg+minproxyBinary, pkg+tfrefBinary)
 	cmd.Dir = dir

@@ -141,7 +141,7 @@ func renderReport(mi machineInfo, opts options, m *matrix, sc syscallResults, id
 		"treat differences of a few percent as noise.\n\n",
 		opts.duration, opts.rounds, mi.nproc)
 	fmt.Fprintf(&w, "Reference rows, not products: **go-minimal (reference)** is a deliberately minimal Go HTTP/1.1 "+
-		"reverse proxy that the bench builds from its own source (`cmd/bench/internal/minproxy`), to show the ceiling "+
+		"reverse proxy that the bench builds from its own source (`tools/bench/internal/minproxy`), to show the ceiling "+
 		"of a Go proxy on the standard runtime (a goroutine per connection, the netpoller) without net/http: "+
 		"per client connection a goroutine with reused bufio buffers, request line and headers parsed by hand into "+
 		"byte slices (no maps, no allocation per request), GET without a body only, forwarded with X-Forwarded-For "+
@@ -274,7 +274,7 @@ func renderUpgrades(w *strings.Builder, u upgradeResults) {
 		"it every 0.2 ms (nanosleep between reads, so about 0.3 ms resolution); before each signal it pauses 0.5 s "+
 		"and waits until the processes upgraded from earlier have exited, so no upgrade waits for a predecessor "+
 		"(that wait is not counted). %s is a reference, not a product: a minimal github.com/cloudflare/tableflip "+
-		"v1.2.3 program (`cmd/bench/internal/tfref`, after the library's net/http example) serving a fixed "+
+		"v1.2.3 program (`tools/bench/internal/tfref`, after the library's net/http example) serving a fixed "+
 		"100-byte body itself, which upgrades on SIGHUP, calls Ready once it listens (tableflip then writes the PID "+
 		"file) and lets the old process shut its http.Server down. \"Under load\" is the same `wrk -t1 -c50` on "+
 		"small.txt for all rows, started 1 s before the first upgrade; for baton it goes through baton to the nginx "+
