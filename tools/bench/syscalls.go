@@ -14,7 +14,6 @@ import (
 	"strconv"
 	"strings"
 	"time"
-
 )
 
 // The system-call part of the bench: for each proxy, strace -c -f attaches
