@@ -16,7 +16,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/cloudflare/tableflip"
 	"github.com/coreos/go-systemd/v22/daemon"
 	"github.com/hashicorp/go-multierror"
 )
@@ -69,7 +68,7 @@ type UpgradeResult struct {
 // One goroutine runs upgrades, so at most one is in progress.
 type Handoff struct {
 	opts    Options
-	upg     *tableflip.Upgrader
+	upg     upgrader
 	log     *slog.Logger
 	gen     int
 	started time.Time
@@ -126,6 +125,11 @@ type reportMsg struct {
 // New creates the process's Handoff. Only one may exist per process
 // (tableflip's rule). Listen, AddFile and File must be called before Ready.
 func New(opts Options) (*Handoff, error) {
+	return newHandoff(opts, newTableflipUpgrader)
+}
+
+// newHandoff is New with the process seam: newUpg makes the upgrader.
+func newHandoff(opts Options, newUpg func(Options) (upgrader, error)) (*Handoff, error) {
 	if opts.UpgradeTimeout <= 0 {
 		opts.UpgradeTimeout = DefaultUpgradeTimeout
 	}
@@ -136,7 +140,7 @@ func New(opts Options) (*Handoff, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	upg, err := tableflip.New(tableflip.Options{UpgradeTimeout: opts.UpgradeTimeout})
+	upg, err := newUpg(opts)
 	if err != nil {
 		return nil, fmt.Errorf("handoff: %w", err)
 	}
@@ -173,7 +177,7 @@ func (h *Handoff) watchExit() {
 }
 
 func (h *Handoff) readHello() error {
-	f, err := h.upg.Fds.File(helloFile)
+	f, err := h.upg.File(helloFile)
 	if err != nil || f == nil {
 		return fmt.Errorf("handoff: no %s from the previous generation: %v", helloFile, err)
 	}
@@ -234,7 +238,7 @@ func (h *Handoff) LastUpgradeError() string {
 // previous generation, or a new one. Unix sockets get their directory
 // created, a stale socket file replaced and mode 0600.
 func (h *Handoff) Listen(network, addr string) (net.Listener, error) {
-	ln, err := h.upg.Fds.Listener(network, addr)
+	ln, err := h.upg.Listener(network, addr)
 	if err != nil {
 		return nil, fmt.Errorf("handoff: %w", err)
 	}
@@ -247,7 +251,7 @@ func (h *Handoff) Listen(network, addr string) (net.Listener, error) {
 		}
 	}
 	var lerr error
-	ln, err = h.upg.Fds.ListenWithCallback(network, addr, func(network, addr string) (net.Listener, error) {
+	ln, err = h.upg.ListenWithCallback(network, addr, func(network, addr string) (net.Listener, error) {
 		l, err := net.Listen(network, addr)
 		lerr = err // tableflip's own wrapping drops the chain
 		return l, err
@@ -304,7 +308,7 @@ func prepareUnixSocket(path string) error {
 
 // File returns a file passed by the previous generation under name, or nil.
 func (h *Handoff) File(name string) (*os.File, error) {
-	f, err := h.upg.Fds.File(name)
+	f, err := h.upg.File(name)
 	if err != nil {
 		return nil, fmt.Errorf("handoff: inherited file %s: %w", name, err)
 	}
@@ -313,7 +317,7 @@ func (h *Handoff) File(name string) (*os.File, error) {
 
 // AddFile passes f to every later generation under name.
 func (h *Handoff) AddFile(name string, f *os.File) error {
-	if err := h.upg.Fds.AddFile(name, f); err != nil {
+	if err := h.upg.AddFile(name, f); err != nil {
 		return fmt.Errorf("handoff: pass file %s: %w", name, err)
 	}
 	return nil
@@ -640,7 +644,7 @@ func (h *Handoff) Shutdown(servers ...Drainer) error {
 				ic.CloseIdle()
 			}
 		}
-	} else if err := releaseSuccessor(h.upg); err != nil {
+	} else if err := h.upg.release(); err != nil {
 		h.log.Warn("next generation must wait for this one to exit before upgrading again", "err", err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), h.opts.DrainTimeout)
