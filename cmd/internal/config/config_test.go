@@ -357,12 +357,12 @@ func TestParseInvalid(t *testing.T) {
 		{
 			name: "unknown keys in a backend",
 			text: listen + backendA + "colour = \"red\"\nshade = 2\n",
-			want: "baton.toml: backend.colour: unknown key (also: backend.shade)", key: "backend.colour",
+			want: "baton.toml: backend[0].colour: unknown key (also: backend[0].shade)", key: "backend[0].colour",
 		},
 		{
 			name: "wrong type",
 			text: listen + "max_held = \"many\"\n" + backendA,
-			want: "baton.toml:3: proxy.max_held: incompatible types", key: "proxy.max_held",
+			want: `baton.toml:3: proxy.max_held: want a whole number, not the string "many"`, key: "proxy.max_held",
 		},
 		{
 			name: "syntax error",
@@ -467,7 +467,7 @@ func TestParseInvalid(t *testing.T) {
 		{
 			name: "listen address without port",
 			text: "[proxy]\nlisten = [\"127.0.0.1\"]\n" + backendA,
-			want: `baton.toml: proxy.listen[0]: "127.0.0.1": address 127.0.0.1: missing port in address`, key: "proxy.listen[0]",
+			want: `baton.toml: proxy.listen[0]: "127.0.0.1" has no port: want e.g. "127.0.0.1:80"`, key: "proxy.listen[0]",
 		},
 		{
 			name: "listen port out of range",
