@@ -675,3 +675,22 @@ func TestReadmeExample(t *testing.T) {
 		t.Errorf("README example: backends %+v", c.Backends)
 	}
 }
+
+// TestShippedConfig keeps the package's /etc/baton/baton.toml valid, with
+// the access log that /etc/logrotate.d/baton rotates.
+func TestShippedConfig(t *testing.T) {
+	b, err := os.ReadFile("../../../packaging/baton.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := config.Parse("baton.toml", "/etc/baton/baton.toml", string(b))
+	if err != nil {
+		t.Fatalf("the shipped configuration does not parse: %v", err)
+	}
+	if g, e := c.AccessLog, "/var/log/baton/access.log"; g != e {
+		t.Errorf("AccessLog: got %q, want %q (the path packaging/baton.logrotate rotates)", g, e)
+	}
+	if g, e := c.ControlSocket, "/run/baton/baton.sock"; g != e {
+		t.Errorf("ControlSocket: got %q, want %q (the socket packaging/baton.logrotate and ctl use)", g, e)
+	}
+}
