@@ -145,7 +145,7 @@ func cmdCtl(args []string, stdout, stderr io.Writer) int {
 }
 
 // ctlTarget is the control socket ctl talks to, the configuration it came
-// from (nil without one) and, when neither flag named it, where it came
+// from (nil without one) and, unless --socket named it, where it came
 // from, for error messages. With neither --socket nor --config it is the
 // socket of defaultConfig if that file exists, else defaultSocket. false:
 // it said why there is none.
@@ -173,6 +173,9 @@ func ctlTarget(socket, cfgPath string, stderr io.Writer) (string, *config.Config
 	if cfg.ControlSocket == "" {
 		fmt.Fprintf(stderr, "baton ctl: %s has no [control] socket\n", cfg.Path)
 		return "", nil, "", false
+	}
+	if where == "" {
+		where = "control.socket in " + cfg.Path
 	}
 	return cfg.ControlSocket, cfg, where, true
 }
