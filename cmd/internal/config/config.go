@@ -207,13 +207,14 @@ func Parse(name, abs, text string) (*Config, error) {
 			return nil, &Error{File: fmt.Sprintf("%s:%d", name, pe.Position.Line), Key: key, Err: errors.New(msg)}
 		}
 	}
+	// The decoder matches keys to fields ignoring case (Name is name,
+	// [Proxy] is [proxy]), so the shape check runs on every file: a key
+	// is written as documented or it is unknown.
+	if e := shapeError(name, text, err); e != nil {
+		return nil, e
+	}
 	if und := md.Undecoded(); err != nil || len(und) > 0 {
-		// A value of the wrong type or an unknown key: say which, with the
-		// entry's index, in words (the decoder's own message is about Go
-		// types and has no index).
-		if e := shapeError(name, text, err); e != nil {
-			return nil, e
-		}
+		// What the shape check did not explain.
 		if m := decodeErrRE.FindStringSubmatch(fmt.Sprint(err)); m != nil {
 			return nil, &Error{File: name + ":" + m[1], Key: m[2], Err: errors.New(m[3])}
 		}
@@ -539,6 +540,8 @@ func checkAddr(a string) error {
 	if err != nil {
 		var ae *net.AddrError
 		switch {
+		case strings.Contains(a, "://"):
+			return fmt.Errorf("%q: want host:port, without a scheme", a)
 		case !strings.Contains(a, ":") && isDigits(a):
 			return fmt.Errorf("%q has no host: want %q (every address) or %q", a, ":"+a, "127.0.0.1:"+a)
 		case errors.As(err, &ae) && strings.Contains(ae.Err, "missing port"):
@@ -603,6 +606,9 @@ func buildBackend(fb fileBackend, drain time.Duration) (backends.Config, error) 
 		HealthStatus: fb.HealthStatus, HealthBody: fb.HealthBody,
 	}
 	err := checkURL(fb.URL)
+	if fb.Name == "" {
+		err = errAt("name", "missing (want e.g. name = \"apache\"; ctl and the logs use it)")
+	}
 	try := func(e error) {
 		if err == nil {
 			err = e
