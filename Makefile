@@ -40,9 +40,11 @@ deps:
 
 # What the tests use besides the servers: dpkg installs the package,
 # systemd-analyze (package systemd) verifies its unit, whose Documentation=
-# man:baton(1) it checks with man (man-db); chromium loads the status page.
+# man:baton(1) it checks with man (man-db); chromium loads the status page;
+# logrotate runs the shipped logrotate file; setpriv (util-linux) gives
+# baton the unit's capability bounding set.
 deps-test: deps
-	$(call need,dpkg systemd gzip man-db chromium)
+	$(call need,dpkg systemd gzip man-db chromium logrotate util-linux)
 
 deps-bench:
 	$(call need,apache2 lighttpd wrk haproxy nginx-light nghttp2-client strace)
@@ -54,8 +56,10 @@ vet:
 	$(GO) vet ./...
 	@out=$$(gofmt -l .); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 
+# BATON_TEST_DEB=1 lets packaging's TestDebPackage install and purge the
+# package on this machine (it skips without; under CI=true it fails without).
 test: deps-test vet
-	$(GO) test $(GOFLAGS_TEST) ./...
+	BATON_TEST_DEB=1 $(GO) test $(GOFLAGS_TEST) ./...
 	$(GO) test -run '^$$' -fuzz FuzzDifferential -fuzztime $(FUZZTIME) ./proxy/epoll/
 
 # The main job: the same 30 s of load and the same events (upgrades,

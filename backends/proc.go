@@ -29,7 +29,8 @@ const pollInterval = 5 * time.Millisecond
 
 // CheckPIDFile reads c's PID file and checks that it names a live process
 // that is c's server, the one a restart would signal (see verifyProcess:
-// not a baton, the expected executable, listening on c's address).
+// not a baton, the expected executable, listening on c's address). The
+// error is ErrNotRunning when no server runs.
 func CheckPIDFile(c Config) (int, error) {
 	pid, err := readPID(c.PIDFile)
 	if err != nil {
@@ -41,25 +42,40 @@ func CheckPIDFile(c Config) (int, error) {
 	return pid, nil
 }
 
+// ErrNotRunning is in the error of CheckPIDFile (errors.Is) when the PID
+// file is missing or empty or names no live process: the server is down
+// right now, which is not a mistake in the configuration (`baton check`
+// warns). A PID file that names a live process that is not the server is
+// a different error.
+var ErrNotRunning = errors.New("server not running")
+
+// notRunning is an error that says why the server is not running, and is
+// ErrNotRunning.
+type notRunning struct{ error }
+
+func (e notRunning) Is(target error) bool { return target == ErrNotRunning }
+func (e notRunning) Unwrap() error        { return e.error }
+
 // readPID reads a PID file and checks that it names a live process.
 func readPID(path string) (int, error) {
 	b, err := os.ReadFile(path)
 	if errors.Is(err, os.ErrNotExist) {
-		return 0, fmt.Errorf("pid file %s does not exist (is the server running?)", path)
+		return 0, notRunning{fmt.Errorf("pid file %s does not exist (is the server running?)", path)}
 	}
 	if err != nil {
 		return 0, fmt.Errorf("pid file: %w", err)
 	}
 	s := strings.TrimSpace(string(b))
 	if s == "" {
-		return 0, fmt.Errorf("pid file %s is empty", path)
+		// A server writing it, or one that died while it did.
+		return 0, notRunning{fmt.Errorf("pid file %s is empty", path)}
 	}
 	pid, err := strconv.Atoi(s)
 	if err != nil || pid <= 1 {
 		return 0, fmt.Errorf("pid file %s: %q is not a PID", path, s)
 	}
 	if !alive(pid) {
-		return pid, fmt.Errorf("pid file %s names pid %d, which is not running", path, pid)
+		return pid, notRunning{fmt.Errorf("pid file %s names pid %d, which is not running", path, pid)}
 	}
 	return pid, nil
 }

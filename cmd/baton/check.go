@@ -8,6 +8,7 @@ import (
 	"io"
 	"io/fs"
 	"net"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -22,37 +23,98 @@ import (
 	"github.com/batonproxy/baton/cmd/internal/control"
 )
 
+const checkUsage = `usage: baton check [--config FILE] [--strict]
+
+Validates the configuration (default /etc/baton/baton.toml) and what it
+needs on this machine. Errors, the configuration cannot work here: a key
+or value that is wrong, a listen address in use by another program, a
+directory baton cannot create its files in, a command that is not
+installed, a PID file that names a live process that is not the backend's
+server. Warnings, it works but not as meant right now: a backend that
+nothing answers for, or whose PID file is missing or names no live
+process (baton starts, holds its requests, then answers 503 until it is
+up). Exit 0 when there is no error (warnings are printed), 1 when there is
+one, or a warning with --strict; 2 for a usage error.
+`
+
 func cmdCheck(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("baton check", flag.ContinueOnError)
+	fs.Usage = func() { fmt.Fprint(stderr, checkUsage); fs.PrintDefaults() }
 	cfgPath := configFlag(fs)
+	strict := fs.Bool("strict", false, "fail on warnings too")
 	if ok, code := parseFlags(fs, args, stderr); !ok {
 		return code
 	}
-	if *cfgPath == "" {
-		fmt.Fprintln(stderr, "baton check: --config FILE is required")
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "baton check: unexpected arguments %q\n", fs.Args())
 		return 2
 	}
-	cfg, err := config.Load(*cfgPath)
-	if err == nil {
-		err = checkRuntime(cfg)
+	path, ok := configOrDefault(*cfgPath, "baton check", stderr)
+	if !ok {
+		return 2
 	}
+	cfg, err := config.Load(path)
 	if err != nil {
 		fmt.Fprintf(stderr, "%v\n", err)
+		return 1
+	}
+	r := checkRuntime(cfg)
+	for _, e := range r.errors {
+		fmt.Fprintf(stderr, "%v\n", e)
+	}
+	for _, w := range r.warnings {
+		fmt.Fprintf(stderr, "warning: %v\n", w)
+	}
+	switch {
+	case len(r.errors) > 0:
+		return 1
+	case len(r.warnings) > 0 && *strict:
+		fmt.Fprintf(stderr, "%s: %d warning(s); --strict fails on warnings\n", path, len(r.warnings))
 		return 1
 	}
 	n := len(cfg.Listen)
 	for _, t := range cfg.TLS {
 		n += len(t.Listen)
 	}
-	fmt.Fprintf(stdout, "%s: ok (%d listener(s), %d backend(s))\n", *cfgPath, n, len(cfg.Backends))
+	warned := ""
+	if len(r.warnings) > 0 {
+		warned = fmt.Sprintf(", %d warning(s)", len(r.warnings))
+	}
+	fmt.Fprintf(stdout, "%s: ok (%d listener(s), %d backend(s)%s)\n", path, n, len(cfg.Backends), warned)
 	return 0
 }
 
+// checkResult is what checkRuntime found: errors (the configuration
+// cannot work on this machine) and warnings (it works, but a backend is
+// down right now).
+type checkResult struct {
+	errors, warnings []error
+}
+
+// backendDialTimeout bounds the connection check of one backend.
+const backendDialTimeout = time.Second
+
 // checkRuntime checks what a valid file can still get wrong on this
 // machine: directories baton cannot create its files in, listen addresses
-// in use by someone other than the running baton, PID files and commands of
-// restartable backends.
-func checkRuntime(cfg *config.Config) error {
+// in use by someone other than the running baton, commands of restartable
+// backends, their PID files, and whether each backend accepts connections.
+//
+// A backend that is down is a warning, not an error: `baton run` starts
+// without it (requests wait up to hold_timeout, then get 503) and readmits
+// it once it is healthy, and the unit's ExecStartPre must not keep baton
+// down at boot or after a backend crashed. A PID file that names a live
+// process that is not the backend's server (another program, a baton, the
+// same server on another port) is an error: every restart would refuse
+// to signal it, and the cause is a wrong pid_file, process_exe or url, or
+// a file that someone else wrote, which an operator must look at.
+func checkRuntime(cfg *config.Config) checkResult {
+	var r checkResult
+	fail := func(key string, err error) {
+		r.errors = append(r.errors, &config.Error{File: cfg.Path, Key: key, Err: err})
+	}
+	warn := func(key string, err error) {
+		r.warnings = append(r.warnings, &config.Error{File: cfg.Path, Key: key, Err: err})
+	}
 	for _, d := range []struct{ key, dir string }{
 		{"control.socket", dirOf(cfg.ControlSocket)},
 		{"control.pid_file", dirOf(cfg.Handoff.PIDFile)},
@@ -62,7 +124,7 @@ func checkRuntime(cfg *config.Config) error {
 			continue
 		}
 		if err := writableDir(d.dir); err != nil {
-			return &config.Error{File: cfg.Path, Key: d.key, Err: err}
+			fail(d.key, err)
 		}
 	}
 	held := runningListeners(cfg)
@@ -76,6 +138,9 @@ func checkRuntime(cfg *config.Config) error {
 			all = append(all, listen{fmt.Sprintf("tls[%d].listen[%d]", n, m), addr})
 		}
 	}
+	if a := cfg.Admin.Listen; a != "" {
+		all = append(all, listen{"admin.listen", a})
+	}
 	for _, l := range all {
 		ln, err := net.Listen("tcp", l.addr)
 		if err == nil {
@@ -85,44 +150,82 @@ func checkRuntime(cfg *config.Config) error {
 		if errors.Is(err, syscall.EADDRINUSE) && held[l.addr] {
 			continue // the running baton holds it and hands it on
 		}
-		return &config.Error{File: cfg.Path, Key: l.key, Err: err}
-	}
-	if a := cfg.Admin.Listen; a != "" {
-		ln, err := net.Listen("tcp", a)
-		if err == nil {
-			ln.Close()
-		} else if !errors.Is(err, syscall.EADDRINUSE) || !held[a] {
-			return &config.Error{File: cfg.Path, Key: "admin.listen", Err: err}
-		}
+		fail(l.key, err)
 	}
 	if cfg.AccessLog != "" {
 		if err := accesslog.Check(cfg.AccessLog); err != nil {
-			return &config.Error{File: cfg.Path, Key: "log.access", Err: err}
+			fail("log.access", err)
 		}
 	}
 	for n, b := range cfg.Backends {
-		if !b.Restartable() {
-			continue
-		}
 		key := func(k string) string { return fmt.Sprintf("backend[%d].%s", n, k) }
-		if len(b.RestartCommand) > 0 {
-			if _, err := exec.LookPath(b.RestartCommand[0]); err != nil {
-				return &config.Error{File: cfg.Path, Key: key("restart_command"), Err: err}
-			}
-			if b.PIDFile == "" || b.ProcessExe == "" {
-				continue
-			}
+		down := false
+		if b.Restartable() {
+			down = checkRestart(b, key, fail, warn)
 		}
-		if len(b.StartCommand) > 0 {
-			if _, err := exec.LookPath(b.StartCommand[0]); err != nil {
-				return &config.Error{File: cfg.Path, Key: key("start_command"), Err: err}
-			}
-		}
-		if _, err := backends.CheckPIDFile(b); err != nil {
-			return &config.Error{File: cfg.Path, Key: key("pid_file"), Err: err}
+		if !down {
+			checkReachable(b, key, warn)
 		}
 	}
-	return nil
+	return r
+}
+
+// checkRestart checks what restarting backend b needs: its commands, and
+// that its PID file names its server. It reports whether b is down (a
+// warning said so).
+func checkRestart(b backends.Config, key func(string) string, fail, warn func(string, error)) (down bool) {
+	if len(b.RestartCommand) > 0 {
+		if _, err := exec.LookPath(b.RestartCommand[0]); err != nil {
+			fail(key("restart_command"), err)
+		}
+		if b.PIDFile == "" || b.ProcessExe == "" {
+			return false
+		}
+	}
+	if len(b.StartCommand) > 0 {
+		if _, err := exec.LookPath(b.StartCommand[0]); err != nil {
+			fail(key("start_command"), err)
+		}
+	}
+	_, err := backends.CheckPIDFile(b)
+	switch {
+	case err == nil:
+		return false
+	case errors.Is(err, backends.ErrNotRunning):
+		warn(key("pid_file"), fmt.Errorf("%w; baton starts without %s (its requests wait, then get 503) and cannot restart it until it runs", err, b.Name))
+		return true
+	default:
+		fail(key("pid_file"), err)
+		return false
+	}
+}
+
+// checkReachable warns when nothing accepts connections at b's address.
+func checkReachable(b backends.Config, key func(string) string, warn func(string, error)) {
+	u, err := url.Parse(b.URL)
+	if err != nil {
+		return // Load validated it
+	}
+	c, err := net.DialTimeout("tcp", u.Host, backendDialTimeout)
+	if err != nil {
+		warn(key("url"), fmt.Errorf("nothing accepts connections at %s right now (%w); baton starts without %s (its requests wait, then get 503) and readmits it once it answers", u.Host, unwrapOp(err), b.Name))
+		return
+	}
+	c.Close()
+}
+
+// unwrapOp is the reason in a net.OpError ("connection refused"), without
+// the operation and addresses already said.
+func unwrapOp(err error) error {
+	var oe *net.OpError
+	if errors.As(err, &oe) && oe.Err != nil {
+		var se *os.SyscallError
+		if errors.As(oe.Err, &se) {
+			return se.Err
+		}
+		return oe.Err
+	}
+	return err
 }
 
 // runningListeners asks a baton already running with this configuration's

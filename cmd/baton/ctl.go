@@ -7,9 +7,11 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"strconv"
 	"strings"
+	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -18,7 +20,10 @@ import (
 	"github.com/batonproxy/baton/cmd/internal/control"
 )
 
-const ctlUsage = `usage: baton ctl [--socket PATH | --config FILE] [--json] [--timeout D] CMD [ARGS]
+const ctlUsage = `usage: baton ctl [--socket PATH | --config FILE] [--json] [--timeout D] [--if-running] CMD [ARGS]
+
+With neither --socket nor --config: the control socket of
+/etc/baton/baton.toml if that file exists, else /run/baton/baton.sock.
 
 commands:
   status              process, listeners and backends
@@ -33,8 +38,12 @@ commands:
 
 ctl waits for the answer up to --timeout; by default 10s for status, 1m for
 upgrade, stop, drain and undrain, 2m for restart and 10m for restart --all
-(with --config, at least the configured upgrade, drain or restart timeout
-plus 30s). No answer in time: exit 1 and a message.
+(with a configuration, at least the configured upgrade, drain or restart
+timeout plus 30s). No answer in time: exit 1 and a message.
+
+--if-running: when no baton runs at the socket (it does not exist, or
+nothing accepts on it), exit 0 without a word, for scripts such as
+logrotate's postrotate; every other failure still fails.
 `
 
 func cmdCtl(args []string, stdout, stderr io.Writer) int {
@@ -44,6 +53,7 @@ func cmdCtl(args []string, stdout, stderr io.Writer) int {
 	cfgPath := configFlag(fs)
 	asJSON := fs.Bool("json", false, "print the raw JSON response")
 	timeout := fs.Duration("timeout", 0, "give up waiting after this long (default: by command, see above)")
+	ifRunning := fs.Bool("if-running", false, "exit 0 when no baton runs at the socket")
 	if ok, code := parseFlags(fs, args, stderr); !ok {
 		return code
 	}
@@ -52,24 +62,11 @@ func cmdCtl(args []string, stdout, stderr io.Writer) int {
 		fs.Usage()
 		return 2
 	}
-	var cfg *config.Config
-	if *socket == "" && *cfgPath != "" {
-		var err error
-		cfg, err = config.Load(*cfgPath)
-		if err != nil {
-			fmt.Fprintf(stderr, "baton ctl: %v\n", err)
-			return 1
-		}
-		*socket = cfg.ControlSocket
-		if *socket == "" {
-			fmt.Fprintf(stderr, "baton ctl: %s has no [control] socket\n", cfg.Path)
-			return 1
-		}
+	sock, cfg, where, ok := ctlTarget(*socket, *cfgPath, stderr)
+	if !ok {
+		return 1
 	}
-	if *socket == "" {
-		fmt.Fprintln(stderr, "baton ctl: give --socket PATH or --config FILE")
-		return 2
-	}
+	*socket = sock
 	// Flags after the command word are accepted too: ctl restart web1 --json.
 	var words []string
 	for _, a := range rest {
@@ -118,14 +115,20 @@ func cmdCtl(args []string, stdout, stderr io.Writer) int {
 	defer cancel()
 	resp, err := control.Do(ctx, *socket, req)
 	if err != nil {
+		if *ifRunning && (errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ECONNREFUSED)) {
+			return 0 // no baton: nothing to do
+		}
 		if ctx.Err() != nil || errors.Is(err, os.ErrDeadlineExceeded) {
 			fmt.Fprintf(stderr, "baton ctl: no answer from baton at %s within %s (is it stuck? see its log)\n", *socket, *timeout)
 			if req.Cmd != control.CmdStatus {
 				fmt.Fprintf(stderr, "baton ctl: the %s may still be running: `baton ctl status` shows it; --timeout waits longer\n", req.Cmd)
 			}
-			return 1
+		} else {
+			fmt.Fprintf(stderr, "baton ctl: %v\n", err)
 		}
-		fmt.Fprintf(stderr, "baton ctl: %v\n", err)
+		if where != "" {
+			fmt.Fprintf(stderr, "baton ctl: %s is %s; --socket PATH or --config FILE to choose another\n", *socket, where)
+		}
 		return 1
 	}
 	if *asJSON {
@@ -139,6 +142,42 @@ func cmdCtl(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	return 0
+}
+
+// ctlTarget is the control socket ctl talks to, the configuration it came
+// from (nil without one) and, unless --socket named it, where it came
+// from, for error messages. With neither --socket nor --config it is the
+// socket of defaultConfig if that file exists, else defaultSocket. false:
+// it said why there is none.
+func ctlTarget(socket, cfgPath string, stderr io.Writer) (string, *config.Config, string, bool) {
+	if socket != "" {
+		return socket, nil, "", true
+	}
+	where := ""
+	if cfgPath == "" {
+		_, err := os.Stat(defaultConfig)
+		if errors.Is(err, fs.ErrNotExist) {
+			return defaultSocket, nil, "the default socket (" + defaultConfig + " does not exist)", true
+		}
+		cfgPath = defaultConfig
+		where = "control.socket in " + defaultConfig + ", the default configuration"
+	}
+	cfg, err := config.Load(cfgPath)
+	if err != nil {
+		fmt.Fprintf(stderr, "baton ctl: %v\n", err)
+		if where != "" {
+			fmt.Fprintf(stderr, "baton ctl: (%s is the default configuration; --socket PATH reaches baton without it)\n", cfgPath)
+		}
+		return "", nil, "", false
+	}
+	if cfg.ControlSocket == "" {
+		fmt.Fprintf(stderr, "baton ctl: %s has no [control] socket\n", cfg.Path)
+		return "", nil, "", false
+	}
+	if where == "" {
+		where = "control.socket in " + cfg.Path
+	}
+	return cfg.ControlSocket, cfg, where, true
 }
 
 // How long `baton ctl` waits for an answer when --timeout is not given:

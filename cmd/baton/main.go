@@ -1,14 +1,19 @@
 // Command baton is a front proxy that keeps legacy web servers (Apache,
 // lighttpd) serving through its own upgrades and their restarts.
 //
-//	baton run   --config FILE    serve
-//	baton check --config FILE    validate a configuration
-//	baton ctl   [--socket PATH | --config FILE] [--json] CMD [ARGS]
-//	baton soak  --target URL ... prove restarts are invisible under load
+//	baton run   [--config FILE]             serve
+//	baton check [--config FILE] [--strict]  validate a configuration
+//	baton ctl   [--socket PATH | --config FILE] [--json] [--if-running] CMD [ARGS]
+//	baton soak  --target URL ...            prove restarts are invisible under load
 //	baton version
+//
+// FILE is /etc/baton/baton.toml (the Debian package's) by default; ctl
+// with neither flag reads it if it exists, else talks to
+// /run/baton/baton.sock.
 package main
 
 import (
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -32,16 +37,21 @@ func main() {
 const usage = `usage: baton <command> [flags]
 
 commands:
-  run     --config FILE        serve (SIGHUP upgrades, SIGTERM drains and stops,
+  run     [--config FILE]      serve (SIGHUP upgrades, SIGTERM drains and stops,
                                SIGUSR1 restarts every backend, one at a time)
-  check   --config FILE        validate a configuration and exit 0 or 1
+  check   [--config FILE] [--strict]
+                               validate a configuration: exit 0 (warnings, such as
+                               a backend down, are printed), 1 on an error
   ctl     [--socket PATH | --config FILE] [--json] CMD
                                talk to a running baton: status, upgrade, stop,
-                               restart NAME | restart --all, drain NAME, undrain NAME
+                               restart NAME | restart --all, drain NAME, undrain NAME,
+                               reopen-logs
   soak    --target URL ...     load baton while upgrading and restarting it, and report
   version                      print the version, commit and Go version
 
-run "baton <command> -h" for a command's flags.
+FILE is /etc/baton/baton.toml by default; ctl with neither --config nor
+--socket reads it if it exists, else talks to /run/baton/baton.sock.
+Run "baton <command> -h" for a command's flags.
 `
 
 func run(args []string, stdout, stderr io.Writer) int {
@@ -105,10 +115,34 @@ func commitString() string {
 	return rev + modified
 }
 
+// Where the Debian package puts the configuration and the control socket.
+// run and check read defaultConfig when no --config is given; ctl with
+// neither --config nor --socket reads defaultConfig if it exists, else
+// talks to defaultSocket. Variables, so that tests can point them
+// elsewhere.
+var (
+	defaultConfig = "/etc/baton/baton.toml"
+	defaultSocket = "/run/baton/baton.sock"
+)
+
+// configOrDefault is the --config value given to cmd, or defaultConfig
+// when none was; false (having said why) when none was given and
+// defaultConfig cannot be read.
+func configOrDefault(given, cmd string, stderr io.Writer) (string, bool) {
+	if given != "" {
+		return given, true
+	}
+	if _, err := os.Stat(defaultConfig); err != nil {
+		fmt.Fprintf(stderr, "%s: no --config FILE given, and the default configuration %s: %v\n", cmd, defaultConfig, errors.Unwrap(err))
+		return "", false
+	}
+	return defaultConfig, true
+}
+
 // configFlag registers --config and -c on fs.
 func configFlag(fs *flag.FlagSet) *string {
 	p := new(string)
-	fs.StringVar(p, "config", "", "configuration `file` (TOML)")
+	fs.StringVar(p, "config", "", "configuration `file` (TOML; default "+defaultConfig+")")
 	fs.StringVar(p, "c", "", "shorthand for --config")
 	return p
 }

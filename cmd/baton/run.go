@@ -84,7 +84,8 @@ func cmdRun(args []string, stderr io.Writer) int {
 	fs := flag.NewFlagSet("baton run", flag.ContinueOnError)
 	cfgPath := configFlag(fs)
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of this process to `file` when it exits")
-	if ok, code := parseFlags(fs, args, stderr); !ok {
+	ok, code := parseFlags(fs, args, stderr)
+	if !ok {
 		return code
 	}
 	if *cpuProfile != "" {
@@ -102,8 +103,7 @@ func cmdRun(args []string, stderr io.Writer) int {
 			f.Close()
 		}()
 	}
-	if *cfgPath == "" {
-		fmt.Fprintln(stderr, "baton run: --config FILE is required")
+	if *cfgPath, ok = configOrDefault(*cfgPath, "baton run", stderr); !ok {
 		return 2
 	}
 	cfg, cfgErr := config.Load(*cfgPath)

@@ -70,7 +70,10 @@ func testStop(t *testing.T) {
 }
 
 // TestBadConfig: `baton check` and `baton run` reject a bad configuration
-// with exit 1 and "file: key: reason".
+// with exit 1 and "file: key: reason". A backend that is down right now
+// (its PID file missing or naming no live process, nothing answering at
+// its address) is a warning: check exits 0 and says so (1 with --strict),
+// because run starts and serves without it.
 func TestBadConfig(t *testing.T) {
 	busy, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -86,55 +89,82 @@ func TestBadConfig(t *testing.T) {
 		c.Wait()
 		return c.Pid
 	}()
-	good := "[[backend]]\nname = \"web1\"\nurl = \"http://127.0.0.1:8081\"\n"
+	// good answers: check does not warn about it.
+	up := busy.Addr().String()
+	good := fmt.Sprintf("[[backend]]\nname = \"web1\"\nurl = \"http://%s\"\n", up)
+	const (
+		bad  = iota // check and run: exit 1
+		conf        // check exit 1; run starts anyway (a runtime problem, not a config error)
+		warn        // check exit 0 with a warning, 1 with --strict; run starts
+	)
 	for _, tc := range []struct {
 		name, text, want string
-		checkOnly        bool // run starts anyway (a runtime problem, not a config error)
+		kind             int
 	}{
-		{"unknown key", "[proxy]\nlisten = [\"127.0.0.1:0\"]\nlisten_timeout = \"1s\"\n" + good, "baton.toml: proxy.listen_timeout: unknown key", false},
-		{"unknown backend key", "[proxy]\nlisten = [\"127.0.0.1:0\"]\n" + good + "colour = 3\n", "baton.toml: backend.colour: unknown key", false},
-		{"bad duration", "[proxy]\nlisten = [\"127.0.0.1:0\"]\ndrain_timeout = \"30 seconds\"\n" + good, `baton.toml: proxy.drain_timeout: "30 seconds" is not a duration`, false},
-		{"duration as number", "[proxy]\nlisten = [\"127.0.0.1:0\"]\nhold_timeout = 30\n" + good, "proxy.hold_timeout: incompatible types", false},
-		{"bad url", "[proxy]\nlisten = [\"127.0.0.1:0\"]\n[[backend]]\nname = \"web1\"\nurl = \"ftp://127.0.0.1:21\"\n", `baton.toml: backend[0].url: "ftp://127.0.0.1:21": scheme must be http`, false},
-		{"url without port", "[proxy]\nlisten = [\"127.0.0.1:0\"]\n[[backend]]\nname = \"web1\"\nurl = \"http://127.0.0.1\"\n", "baton.toml: backend[0].url:", false},
-		{"duplicate name", "[proxy]\nlisten = [\"127.0.0.1:0\"]\n" + good + good, `baton.toml: backend[1].name: duplicate backend name "web1"`, false},
-		{"no listener", "[proxy]\nlisten = []\n" + good, "baton.toml: proxy.listen: no listen address", false},
-		{"no backend", "[proxy]\nlisten = [\"127.0.0.1:0\"]\n", "baton.toml: backend: no [[backend]] configured", false},
-		{"zero max_conns", "[proxy]\nlisten = [\"127.0.0.1:0\"]\n" + good + "max_conns = 0\n", "baton.toml: backend[0].max_conns: must be positive, got 0 (leave it out for no limit)", false},
-		{"unknown balance", "[proxy]\nlisten = [\"127.0.0.1:0\"]\nbalance = \"random\"\n" + good, `baton.toml: proxy.balance: "random": want round_robin or least_conn`, false},
-		{"backup only", "[proxy]\nlisten = [\"127.0.0.1:0\"]\n" + good + "backup = true\n", "baton.toml: backend: every backend has backup = true", false},
-		{"zero weight", "[proxy]\nlisten = [\"127.0.0.1:0\"]\n" + good + "weight = 0\n", "baton.toml: backend[0].weight: must be 1 to 1000, got 0", false},
-		{"listen address in use", fmt.Sprintf("[proxy]\nlisten = [%q]\n", busy.Addr().String()) + good, "baton.toml: proxy.listen[0]: listen tcp " + busy.Addr().String() + ": bind: address already in use", false},
-		{"syntax", "[proxy\nlisten = 1\n", "baton.toml:2:", false},
-		{"unknown kind", "[proxy]\nlisten = [\"127.0.0.1:0\"]\n" + good + "kind = \"nginx\"\n", `baton.toml: backend[0].kind: unknown kind "nginx"`, false},
-		{"bad kind/restart", "[proxy]\nlisten = [\"127.0.0.1:0\"]\n" + good + "kind = \"lighttpd\"\npid_file = \"/run/l.pid\"\nrestart = \"reload\"\n", `baton.toml: backend[0].restart: kind lighttpd cannot restart by "reload"`, false},
-		{"missing pid_file", "[proxy]\nlisten = [\"127.0.0.1:0\"]\n" + good + "kind = \"apache\"\n", "baton.toml: backend[0].pid_file: required for kind apache restart graceful", false},
-		{"missing start_command", "[proxy]\nlisten = [\"127.0.0.1:0\"]\n" + good + "kind = \"lighttpd\"\npid_file = \"/run/l.pid\"\nrestart = \"stop-start\"\n", "baton.toml: backend[0].start_command: required for restart stop-start", false},
-		{"command without restart_command", "[proxy]\nlisten = [\"127.0.0.1:0\"]\n" + good + "kind = \"command\"\n", "baton.toml: backend[0].restart_command: required", false},
-		{"pid file of a dead process", "[proxy]\nlisten = [\"127.0.0.1:0\"]\n" + good + "kind = \"lighttpd\"\npid_file = \"PIDFILE\"\n", "baton.toml: backend[0].pid_file: pid file", true},
-		{"missing pid file", "[proxy]\nlisten = [\"127.0.0.1:0\"]\n" + good + "kind = \"lighttpd\"\npid_file = \"/nonexistent/l.pid\"\n", "baton.toml: backend[0].pid_file: pid file /nonexistent/l.pid does not exist", true},
+		{"unknown key", "[proxy]\nlisten = [\"127.0.0.1:0\"]\nlisten_timeout = \"1s\"\n" + good, "baton.toml: proxy.listen_timeout: unknown key", bad},
+		{"unknown backend key", "[proxy]\nlisten = [\"127.0.0.1:0\"]\n" + good + "colour = 3\n", "baton.toml: backend[0].colour: unknown key", bad},
+		{"misspelt key", "[proxy]\nlisten = [\"127.0.0.1:0\"]\n" + good + "healthpath = \"/\"\n", "baton.toml: backend[0].healthpath: unknown key (did you mean health_path?)", bad},
+		{"bad duration", "[proxy]\nlisten = [\"127.0.0.1:0\"]\ndrain_timeout = \"30 seconds\"\n" + good, `baton.toml: proxy.drain_timeout: "30 seconds" is not a duration`, bad},
+		{"duration as number", "[proxy]\nlisten = [\"127.0.0.1:0\"]\nhold_timeout = 30\n" + good, `baton.toml:3: proxy.hold_timeout: 30 has no unit: want a duration in quotes, e.g. "30s"`, bad},
+		{"bad url", "[proxy]\nlisten = [\"127.0.0.1:0\"]\n[[backend]]\nname = \"web1\"\nurl = \"ftp://127.0.0.1:21\"\n", `baton.toml: backend[0].url: "ftp://127.0.0.1:21": scheme must be http`, bad},
+		{"url without scheme", "[proxy]\nlisten = [\"127.0.0.1:0\"]\n[[backend]]\nname = \"web1\"\nurl = \"127.0.0.1:8081\"\n", `baton.toml: backend[0].url: "127.0.0.1:8081" has no scheme: want "http://127.0.0.1:8081"`, bad},
+		{"url without port", "[proxy]\nlisten = [\"127.0.0.1:0\"]\n[[backend]]\nname = \"web1\"\nurl = \"http://127.0.0.1\"\n", "baton.toml: backend[0].url:", bad},
+		{"duplicate name", "[proxy]\nlisten = [\"127.0.0.1:0\"]\n" + good + good, `baton.toml: backend[1].name: duplicate backend name "web1"`, bad},
+		{"no listener", "[proxy]\nlisten = []\n" + good, "baton.toml: proxy.listen: no listen address", bad},
+		{"no backend", "[proxy]\nlisten = [\"127.0.0.1:0\"]\n", "baton.toml: backend: no [[backend]] configured", bad},
+		{"zero max_conns", "[proxy]\nlisten = [\"127.0.0.1:0\"]\n" + good + "max_conns = 0\n", "baton.toml: backend[0].max_conns: must be positive, got 0 (leave it out for no limit)", bad},
+		{"unknown balance", "[proxy]\nlisten = [\"127.0.0.1:0\"]\nbalance = \"random\"\n" + good, `baton.toml: proxy.balance: "random": want round_robin or least_conn`, bad},
+		{"backup only", "[proxy]\nlisten = [\"127.0.0.1:0\"]\n" + good + "backup = true\n", "baton.toml: backend: every backend has backup = true", bad},
+		{"zero weight", "[proxy]\nlisten = [\"127.0.0.1:0\"]\n" + good + "weight = 0\n", "baton.toml: backend[0].weight: must be 1 to 1000, got 0", bad},
+		{"listen address in use", fmt.Sprintf("[proxy]\nlisten = [%q]\n", up) + good, "baton.toml: proxy.listen[0]: listen tcp " + up + ": bind: address already in use", bad},
+		{"syntax", "[proxy\nlisten = 1\n", "baton.toml:2:", bad},
+		{"unknown kind", "[proxy]\nlisten = [\"127.0.0.1:0\"]\n" + good + "kind = \"nginx\"\n", `baton.toml: backend[0].kind: unknown kind "nginx"`, bad},
+		{"bad kind/restart", "[proxy]\nlisten = [\"127.0.0.1:0\"]\n" + good + "kind = \"lighttpd\"\npid_file = \"/run/l.pid\"\nrestart = \"reload\"\n", `baton.toml: backend[0].restart: kind lighttpd cannot restart by "reload"`, bad},
+		{"missing pid_file", "[proxy]\nlisten = [\"127.0.0.1:0\"]\n" + good + "kind = \"apache\"\n", "baton.toml: backend[0].pid_file: required for kind apache restart graceful", bad},
+		{"missing start_command", "[proxy]\nlisten = [\"127.0.0.1:0\"]\n" + good + "kind = \"lighttpd\"\npid_file = \"/run/l.pid\"\nrestart = \"stop-start\"\n", "baton.toml: backend[0].start_command: required for restart stop-start", bad},
+		{"command without restart_command", "[proxy]\nlisten = [\"127.0.0.1:0\"]\n" + good + "kind = \"command\"\n", "baton.toml: backend[0].restart_command: required", bad},
+		{"start_command not installed", "[proxy]\nlisten = [\"127.0.0.1:0\"]\n" + good + "kind = \"lighttpd\"\npid_file = \"PIDFILE\"\nrestart = \"stop-start\"\nstart_command = [\"/nonexistent/lighttpd\"]\n", "baton.toml: backend[0].start_command: exec: \"/nonexistent/lighttpd\"", conf},
+		{"pid file that is not a pid file", "[proxy]\nlisten = [\"127.0.0.1:0\"]\n" + good + "kind = \"lighttpd\"\npid_file = \"GARBAGE\"\n", "baton.toml: backend[0].pid_file: pid file " + "GARBAGE" + `: "<html>" is not a PID`, conf},
+		{"pid file of a dead process", "[proxy]\nlisten = [\"127.0.0.1:0\"]\n" + good + "kind = \"lighttpd\"\npid_file = \"PIDFILE\"\n", fmt.Sprintf("warning: CFG: backend[0].pid_file: pid file PIDFILE names pid %d, which is not running; baton starts without web1", deadPID), warn},
+		{"pid file absent", "[proxy]\nlisten = [\"127.0.0.1:0\"]\n" + good + "kind = \"lighttpd\"\npid_file = \"/nonexistent/l.pid\"\n", "warning: CFG: backend[0].pid_file: pid file /nonexistent/l.pid does not exist (is the server running?)", warn},
+		{"backend down", "[proxy]\nlisten = [\"127.0.0.1:0\"]\n[[backend]]\nname = \"web1\"\nurl = \"http://127.0.0.1:1\"\n", "warning: CFG: backend[0].url: nothing accepts connections at 127.0.0.1:1 right now (connection refused); baton starts without web1", warn},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()
-			pidFile := dir + "/dead.pid"
+			pidFile, garbage := dir+"/dead.pid", dir+"/garbage.pid"
 			if err := os.WriteFile(pidFile, []byte(fmt.Sprintf("%d\n", deadPID)), 0o644); err != nil {
 				t.Fatal(err)
 			}
-			text := strings.ReplaceAll(tc.text, "PIDFILE", pidFile)
+			if err := os.WriteFile(garbage, []byte("<html>\n"), 0o644); err != nil {
+				t.Fatal(err)
+			}
 			cfg := dir + "/baton.toml"
+			fill := strings.NewReplacer("PIDFILE", pidFile, "GARBAGE", garbage, "CFG", cfg)
+			text, want := fill.Replace(tc.text), fill.Replace(tc.want)
 			if err := os.WriteFile(cfg, []byte(text), 0o644); err != nil {
 				t.Fatal(err)
 			}
-			_, stderr, code := runBaton(t, "check", "--config", cfg)
-			if code != 1 || !strings.Contains(stderr, tc.want) {
-				t.Errorf("check: exit %d, stderr %q; want exit 1 and %q", code, stderr, tc.want)
+			stdout, stderr, code := runBaton(t, "check", "--config", cfg)
+			switch tc.kind {
+			case warn:
+				if code != 0 || !strings.Contains(stderr, want) || !strings.Contains(stdout, "ok (1 listener(s), 1 backend(s), 1 warning(s))") {
+					t.Errorf("check: exit %d, stdout %q, stderr %q; want exit 0, ok with 1 warning, and %q", code, stdout, stderr, want)
+				}
+				_, stderr, code = runBaton(t, "check", "--strict", "--config", cfg)
+				if code != 1 || !strings.Contains(stderr, want) || !strings.Contains(stderr, "1 warning(s); --strict fails on warnings") {
+					t.Errorf("check --strict: exit %d, stderr %q; want exit 1 and %q", code, stderr, want)
+				}
+			default:
+				if code != 1 || !strings.Contains(stderr, want) {
+					t.Errorf("check: exit %d, stderr %q; want exit 1 and %q", code, stderr, want)
+				}
 			}
-			if tc.checkOnly {
+			if tc.kind != bad {
 				return
 			}
 			_, stderr, code = runBaton(t, "run", "-c", cfg)
-			if code != 1 || !strings.Contains(stderr, tc.want) {
-				t.Errorf("run: exit %d, stderr %q; want exit 1 and %q", code, stderr, tc.want)
+			if code != 1 || !strings.Contains(stderr, want) {
+				t.Errorf("run: exit %d, stderr %q; want exit 1 and %q", code, stderr, want)
 			}
 		})
 	}

@@ -1,6 +1,3 @@
-// Package config reads baton's TOML configuration file, strictly, into the
-// plain option structs of handoff, proxy and backends. Every error names
-// the file, the key and the reason; a Config that Load returned is valid.
 package config
 
 import (
@@ -8,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/url"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -103,27 +101,27 @@ func (e *Error) Error() string {
 func (e *Error) Unwrap() error { return e.Err }
 
 type fileProxy struct {
-	Listen            []string `toml:"listen"`
-	DrainTimeout      string   `toml:"drain_timeout"`
-	LongDrainTimeout  string   `toml:"long_drain_timeout"`
-	HoldTimeout       string   `toml:"hold_timeout"`
-	MaxHeld           *int     `toml:"max_held"`
-	MaxAttempts       *int     `toml:"max_attempts"`
-	ReadHeaderTimeout string   `toml:"read_header_timeout"`
-	IdleTimeout       string   `toml:"idle_timeout"`
-	MaxHeaderBytes    *int     `toml:"max_header_bytes"`
-	Threads           *int     `toml:"threads"`
-	Engine            string   `toml:"engine"`
-	MaxConns          *int     `toml:"max_conns"`
-	Balance           string   `toml:"balance"`
+	Listen            []string     `toml:"listen"`
+	DrainTimeout      durationText `toml:"drain_timeout"`
+	LongDrainTimeout  durationText `toml:"long_drain_timeout"`
+	HoldTimeout       durationText `toml:"hold_timeout"`
+	MaxHeld           *int         `toml:"max_held"`
+	MaxAttempts       *int         `toml:"max_attempts"`
+	ReadHeaderTimeout durationText `toml:"read_header_timeout"`
+	IdleTimeout       durationText `toml:"idle_timeout"`
+	MaxHeaderBytes    *int         `toml:"max_header_bytes"`
+	Threads           *int         `toml:"threads"`
+	Engine            string       `toml:"engine"`
+	MaxConns          *int         `toml:"max_conns"`
+	Balance           string       `toml:"balance"`
 }
 
 type fileControl struct {
-	PIDFile        string `toml:"pid_file"`
-	Socket         string `toml:"socket"`
-	UpgradeTimeout string `toml:"upgrade_timeout"`
-	RequestTimeout string `toml:"request_timeout"`
-	RunDir         string `toml:"run_dir"`
+	PIDFile        string       `toml:"pid_file"`
+	Socket         string       `toml:"socket"`
+	UpgradeTimeout durationText `toml:"upgrade_timeout"`
+	RequestTimeout durationText `toml:"request_timeout"`
+	RunDir         string       `toml:"run_dir"`
 }
 
 type fileLog struct {
@@ -134,43 +132,43 @@ type fileLog struct {
 }
 
 type fileAdmin struct {
-	Listen    string `toml:"listen"`
-	StopDelay string `toml:"stop_delay"`
+	Listen    string       `toml:"listen"`
+	StopDelay durationText `toml:"stop_delay"`
 }
 
 type fileBackend struct {
-	Name                   string   `toml:"name"`
-	URL                    string   `toml:"url"`
-	HealthPath             string   `toml:"health_path"`
-	HealthInterval         string   `toml:"health_interval"`
-	HealthTimeout          string   `toml:"health_timeout"`
-	MaxFails               *int     `toml:"max_fails"`
-	Kind                   string   `toml:"kind"`
-	PIDFile                string   `toml:"pid_file"`
-	Restart                string   `toml:"restart"`
-	StartCommand           []string `toml:"start_command"`
-	RestartCommand         []string `toml:"restart_command"`
-	ProcessExe             string   `toml:"process_exe"`
-	RestartTimeout         string   `toml:"restart_timeout"`
-	DrainTimeout           string   `toml:"drain_timeout"`
-	MaxIdleConns           *int     `toml:"max_idle_conns"`
-	MaxConnecting          *int     `toml:"max_connecting"`
-	IdleConnTimeout        string   `toml:"idle_conn_timeout"`
-	DialTimeout            string   `toml:"dial_timeout"`
-	ResponseHeaderTimeout  string   `toml:"response_header_timeout"`
-	ReadTimeout            string   `toml:"read_timeout"`
-	MaxResponseHeaderBytes *int     `toml:"max_response_header_bytes"`
-	ProxyProtocol          string   `toml:"proxy_protocol"`
-	MaxConns               *int     `toml:"max_conns"`
-	SlowStart              string   `toml:"slow_start"`
-	Weight                 *int     `toml:"weight"`
-	Backup                 bool     `toml:"backup"`
-	HealthHost             string   `toml:"health_host"`
-	HealthMethod           string   `toml:"health_method"`
-	HealthStatus           []string `toml:"health_status"`
-	HealthBody             string   `toml:"health_body"`
-	PassiveFails           *int     `toml:"passive_fails"`
-	PassiveCooldown        string   `toml:"passive_cooldown"`
+	Name                   string       `toml:"name"`
+	URL                    string       `toml:"url"`
+	HealthPath             string       `toml:"health_path"`
+	HealthInterval         durationText `toml:"health_interval"`
+	HealthTimeout          durationText `toml:"health_timeout"`
+	MaxFails               *int         `toml:"max_fails"`
+	Kind                   string       `toml:"kind"`
+	PIDFile                string       `toml:"pid_file"`
+	Restart                string       `toml:"restart"`
+	StartCommand           []string     `toml:"start_command"`
+	RestartCommand         []string     `toml:"restart_command"`
+	ProcessExe             string       `toml:"process_exe"`
+	RestartTimeout         durationText `toml:"restart_timeout"`
+	DrainTimeout           durationText `toml:"drain_timeout"`
+	MaxIdleConns           *int         `toml:"max_idle_conns"`
+	MaxConnecting          *int         `toml:"max_connecting"`
+	IdleConnTimeout        durationText `toml:"idle_conn_timeout"`
+	DialTimeout            durationText `toml:"dial_timeout"`
+	ResponseHeaderTimeout  durationText `toml:"response_header_timeout"`
+	ReadTimeout            durationText `toml:"read_timeout"`
+	MaxResponseHeaderBytes *int         `toml:"max_response_header_bytes"`
+	ProxyProtocol          string       `toml:"proxy_protocol"`
+	MaxConns               *int         `toml:"max_conns"`
+	SlowStart              durationText `toml:"slow_start"`
+	Weight                 *int         `toml:"weight"`
+	Backup                 bool         `toml:"backup"`
+	HealthHost             string       `toml:"health_host"`
+	HealthMethod           string       `toml:"health_method"`
+	HealthStatus           []string     `toml:"health_status"`
+	HealthBody             string       `toml:"health_body"`
+	PassiveFails           *int         `toml:"passive_fails"`
+	PassiveCooldown        durationText `toml:"passive_cooldown"`
 }
 
 type file struct {
@@ -205,18 +203,24 @@ func Parse(name, abs, text string) (*Config, error) {
 	if err != nil {
 		var pe toml.ParseError
 		if errors.As(err, &pe) {
-			key := ""
-			if pe.LastKey != "" {
-				key = pe.LastKey
-			}
-			return nil, &Error{File: fmt.Sprintf("%s:%d", name, pe.Position.Line), Key: key, Err: errors.New(pe.Message)}
+			key, msg := syntaxReason(text, pe.Position.Line, pe.LastKey, pe.Message)
+			return nil, &Error{File: fmt.Sprintf("%s:%d", name, pe.Position.Line), Key: key, Err: errors.New(msg)}
 		}
-		if m := decodeErrRE.FindStringSubmatch(err.Error()); m != nil {
+	}
+	// The decoder matches keys to fields ignoring case (Name is name,
+	// [Proxy] is [proxy]), so the shape check runs on every file: a key
+	// is written as documented or it is unknown.
+	if e := shapeError(name, text, err); e != nil {
+		return nil, e
+	}
+	if und := md.Undecoded(); err != nil || len(und) > 0 {
+		// What the shape check did not explain.
+		if m := decodeErrRE.FindStringSubmatch(fmt.Sprint(err)); m != nil {
 			return nil, &Error{File: name + ":" + m[1], Key: m[2], Err: errors.New(m[3])}
 		}
-		return nil, &Error{File: name, Err: err}
-	}
-	if und := md.Undecoded(); len(und) > 0 {
+		if err != nil {
+			return nil, &Error{File: name, Err: err}
+		}
 		keys := make([]string, len(und))
 		for i, k := range und {
 			keys[i] = k.String()
@@ -235,6 +239,107 @@ func Parse(name, abs, text string) (*Config, error) {
 	return c, nil
 }
 
+// shapeError decodes text without a schema and reports its first problem
+// (checkShape), with the line the strict decoder's error (decodeErr, may
+// be nil) gave for the same key, and the other unknown keys after it.
+func shapeError(name, text string, decodeErr error) error {
+	var doc map[string]any
+	md, err := toml.Decode(text, &doc)
+	if err != nil {
+		return nil
+	}
+	probs := checkShape(doc, md.Keys())
+	if len(probs) == 0 {
+		return nil
+	}
+	p := probs[0]
+	file := name
+	if m := decodeErrRE.FindStringSubmatch(fmt.Sprint(decodeErr)); m != nil && m[2] == p.bare && !p.unknown {
+		file = name + ":" + m[1]
+	}
+	reason := p.reason
+	if p.unknown {
+		var also []string
+		for _, q := range probs[1:] {
+			if q.unknown {
+				also = append(also, q.key)
+			}
+		}
+		if len(also) > 0 {
+			reason += fmt.Sprintf(" (also: %s)", strings.Join(also, ", "))
+		}
+	}
+	return &Error{File: file, Key: p.key, Err: errors.New(reason)}
+}
+
+// syntaxReason is the key and message of a TOML syntax error at line of
+// text, reworded where the parser's message is one an operator is likely
+// to meet, with the index of the [[backend]] or [[tls]] entry added to the
+// key.
+func syntaxReason(text string, line int, key, msg string) (string, string) {
+	lines := strings.Split(text, "\n")
+	here := ""
+	if line >= 1 && line <= len(lines) {
+		here = strings.TrimSpace(lines[line-1])
+	}
+	if m := reDefinedTwice.FindStringSubmatch(msg); m != nil {
+		key = m[1]
+		switch {
+		case strings.HasPrefix(here, "["):
+			msg = fmt.Sprintf("[%s] appears twice: put all its keys under one [%s] line", key, key)
+		case inArray(key):
+			first, _, _ := strings.Cut(key, ".")
+			msg = fmt.Sprintf("defined twice in one table (each %s starts with its own [[%s]] line)", first, first)
+		default:
+			msg = "defined twice in one table"
+		}
+	} else if m := reNotAValue.FindStringSubmatch(msg); m != nil {
+		msg = fmt.Sprintf("%s is not a value: put a string in quotes (%q)", m[1], m[1])
+	} else if reNewline.MatchString(msg) {
+		msg = `the string is not closed: a '"' is missing at the end of the line`
+	} else if m := reNoEquals.FindStringSubmatch(msg); m != nil {
+		msg = fmt.Sprintf("want key = value: found '%s' where the = goes", m[1])
+	} else if m := reTooLarge.FindStringSubmatch(msg); m != nil {
+		msg = m[1] + " is too large"
+	}
+	return indexKey(lines, line, key), msg
+}
+
+var (
+	reDefinedTwice = regexp.MustCompile(`^Key '(.+)' has already been defined\.$`)
+	reNotAValue    = regexp.MustCompile(`^expected value but found "(.*)" instead$`)
+	reNewline      = regexp.MustCompile(`^strings cannot contain newlines$`)
+	reNoEquals     = regexp.MustCompile(`^expected '\.' or '=', but got '(.*)' instead$`)
+	reTooLarge     = regexp.MustCompile(`^(.*) is out of range for int64$`)
+)
+
+// inArray reports whether key is in a [[backend]] or [[tls]] entry.
+func inArray(key string) bool {
+	first, _, _ := strings.Cut(key, ".")
+	return first == "backend" || first == "tls"
+}
+
+// indexKey adds the entry's index to a key in [[backend]] or [[tls]]
+// ("backend.kind" at line 9 is "backend[1].kind" when line 9 is in the
+// second [[backend]]): the entries above line, counted by their headers.
+func indexKey(lines []string, line int, key string) string {
+	if !inArray(key) {
+		return key
+	}
+	first, rest, _ := strings.Cut(key, ".")
+	header := regexp.MustCompile(`^\s*\[\[\s*` + first + `\s*\]\]`)
+	n := -1
+	for i := 0; i < line && i < len(lines); i++ {
+		if header.MatchString(lines[i]) {
+			n++
+		}
+	}
+	if n < 0 {
+		return key
+	}
+	return strings.TrimSuffix(fmt.Sprintf("%s[%d].%s", first, n, rest), ".")
+}
+
 func plural(keys []string) string {
 	if len(keys) == 1 {
 		return ""
@@ -247,11 +352,11 @@ func errAt(key string, format string, args ...any) error {
 	return &backends.FieldError{Key: key, Err: fmt.Errorf(format, args...)}
 }
 
-func duration(key, s string, dst *time.Duration) error {
+func duration(key string, s durationText, dst *time.Duration) error {
 	if s == "" {
 		return nil
 	}
-	d, err := time.ParseDuration(s)
+	d, err := time.ParseDuration(string(s))
 	if err != nil {
 		return errAt(key, "%q is not a duration (want e.g. \"30s\", \"500ms\")", s)
 	}
@@ -428,17 +533,64 @@ func build(f *file, dir string) (*Config, error) {
 	return c, nil
 }
 
-// checkAddr validates a listen address: IP (or localhost) and port.
+// checkAddr validates a listen address: IP (or localhost, or nothing for
+// every address) and port.
 func checkAddr(a string) error {
 	host, port, err := net.SplitHostPort(a)
 	if err != nil {
-		return fmt.Errorf("%q: %v", a, err)
+		var ae *net.AddrError
+		switch {
+		case strings.Contains(a, "://"):
+			return fmt.Errorf("%q: want host:port, without a scheme", a)
+		case !strings.Contains(a, ":") && isDigits(a):
+			return fmt.Errorf("%q has no host: want %q (every address) or %q", a, ":"+a, "127.0.0.1:"+a)
+		case errors.As(err, &ae) && strings.Contains(ae.Err, "missing port"):
+			return fmt.Errorf("%q has no port: want e.g. %q", a, net.JoinHostPort(strings.Trim(a, "[]"), "80"))
+		case errors.As(err, &ae) && strings.Contains(ae.Err, "too many colons"):
+			return fmt.Errorf("%q: an IPv6 address goes in brackets: want e.g. \"[::1]:80\"", a)
+		case errors.As(err, &ae):
+			return fmt.Errorf("%q: %s (want host:port)", a, ae.Err)
+		}
+		return fmt.Errorf("%q: %w", a, err)
 	}
 	if p, err := strconv.Atoi(port); err != nil || p < 0 || p > 65535 {
 		return fmt.Errorf("%q: bad port", a)
 	}
 	if host != "" && net.ParseIP(host) == nil && host != "localhost" {
 		return fmt.Errorf("%q: host must be an IP address", a)
+	}
+	return nil
+}
+
+func isDigits(s string) bool {
+	for _, c := range []byte(s) {
+		if c < '0' || c > '9' {
+			return false
+		}
+	}
+	return s != ""
+}
+
+// checkURL says in words what is wrong with a backend URL an operator is
+// likely to write (no scheme, a bad port); backends.Config.Validate has
+// the last word on the rest.
+func checkURL(raw string) error {
+	if raw == "" {
+		return nil
+	}
+	if !strings.Contains(raw, "://") {
+		want := "http://" + raw
+		if !strings.Contains(raw, ":") {
+			want += ":PORT"
+		}
+		return errAt("url", "%q has no scheme: want %q", raw, want)
+	}
+	if _, err := url.Parse(raw); err != nil {
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err
+		}
+		return errAt("url", "%q: %v (want http://host:port)", raw, err)
 	}
 	return nil
 }
@@ -453,7 +605,10 @@ func buildBackend(fb fileBackend, drain time.Duration) (backends.Config, error) 
 		Backup:        fb.Backup, HealthHost: fb.HealthHost, HealthMethod: fb.HealthMethod,
 		HealthStatus: fb.HealthStatus, HealthBody: fb.HealthBody,
 	}
-	var err error
+	err := checkURL(fb.URL)
+	if fb.Name == "" {
+		err = errAt("name", "missing (want e.g. name = \"apache\"; ctl and the logs use it)")
+	}
 	try := func(e error) {
 		if err == nil {
 			err = e

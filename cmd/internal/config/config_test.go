@@ -357,12 +357,12 @@ func TestParseInvalid(t *testing.T) {
 		{
 			name: "unknown keys in a backend",
 			text: listen + backendA + "colour = \"red\"\nshade = 2\n",
-			want: "baton.toml: backend.colour: unknown key (also: backend.shade)", key: "backend.colour",
+			want: "baton.toml: backend[0].colour: unknown key (also: backend[0].shade)", key: "backend[0].colour",
 		},
 		{
 			name: "wrong type",
 			text: listen + "max_held = \"many\"\n" + backendA,
-			want: "baton.toml:3: proxy.max_held: incompatible types", key: "proxy.max_held",
+			want: `baton.toml:3: proxy.max_held: want a whole number, not the string "many"`, key: "proxy.max_held",
 		},
 		{
 			name: "syntax error",
@@ -467,7 +467,7 @@ func TestParseInvalid(t *testing.T) {
 		{
 			name: "listen address without port",
 			text: "[proxy]\nlisten = [\"127.0.0.1\"]\n" + backendA,
-			want: `baton.toml: proxy.listen[0]: "127.0.0.1": address 127.0.0.1: missing port in address`, key: "proxy.listen[0]",
+			want: `baton.toml: proxy.listen[0]: "127.0.0.1" has no port: want e.g. "127.0.0.1:80"`, key: "proxy.listen[0]",
 		},
 		{
 			name: "listen port out of range",
@@ -673,5 +673,24 @@ func TestReadmeExample(t *testing.T) {
 	}
 	if len(c.Backends) != 1 || c.Backends[0].Kind != backends.KindApache {
 		t.Errorf("README example: backends %+v", c.Backends)
+	}
+}
+
+// TestShippedConfig keeps the package's /etc/baton/baton.toml valid, with
+// the access log that /etc/logrotate.d/baton rotates.
+func TestShippedConfig(t *testing.T) {
+	b, err := os.ReadFile("../../../packaging/baton.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := config.Parse("baton.toml", "/etc/baton/baton.toml", string(b))
+	if err != nil {
+		t.Fatalf("the shipped configuration does not parse: %v", err)
+	}
+	if g, e := c.AccessLog, "/var/log/baton/access.log"; g != e {
+		t.Errorf("AccessLog: got %q, want %q (the path packaging/baton.logrotate rotates)", g, e)
+	}
+	if g, e := c.ControlSocket, "/run/baton/baton.sock"; g != e {
+		t.Errorf("ControlSocket: got %q, want %q (the socket packaging/baton.logrotate and ctl use)", g, e)
 	}
 }

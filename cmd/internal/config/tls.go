@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"net"
 	"os"
 	"strconv"
 	"strings"
@@ -74,7 +73,7 @@ func buildTLS(sections []fileTLS, dir string, seen map[string]bool, now time.Tim
 		}
 		for j, a := range f.Listen {
 			key := at(fmt.Sprintf("listen[%d]", j))
-			if err := checkListenAddr(a); err != nil {
+			if err := checkAddr(a); err != nil {
 				return nil, errAt(key, "%v", err)
 			}
 			if seen[a] {
@@ -115,21 +114,6 @@ func buildTLS(sections []fileTLS, dir string, seen map[string]bool, now time.Tim
 		out = append(out, t)
 	}
 	return out, nil
-}
-
-// checkListenAddr is what proxy.listen requires of an address too.
-func checkListenAddr(a string) error {
-	host, port, err := net.SplitHostPort(a)
-	if err != nil {
-		return fmt.Errorf("%q: %w", a, err)
-	}
-	if p, err := strconv.Atoi(port); err != nil || p < 0 || p > 65535 {
-		return fmt.Errorf("%q: bad port", a)
-	}
-	if host != "" && net.ParseIP(host) == nil && host != "localhost" {
-		return fmt.Errorf("%q: host must be an IP address", a)
-	}
-	return nil
 }
 
 // LoadCertificate reads a PEM certificate chain and its private key and

@@ -85,7 +85,7 @@ func TestParseTLS(t *testing.T) {
 		{"no listen", "[[tls]]\ncertificates = [" + cert("site.crt", "site.key") + "]\n", "tls[0].listen", "no listen address"},
 		{"listen clash", section("", cert("site.crt", "site.key")) + "[proxy]\nlisten = [\"127.0.0.1:8443\"]\n", "tls[0].listen[0]", "listed twice"},
 		{"bad version", section("min_version = \"1.1\"\n", cert("site.crt", "site.key")), "tls[0].min_version", `"1.1": want "1.2" or "1.3"`},
-		{"unknown key", section("ciphers = []\n", cert("site.crt", "site.key")), "tls.ciphers", "unknown key"},
+		{"unknown key", section("ciphers = []\n", cert("site.crt", "site.key")), "tls[0].ciphers", "unknown key"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
