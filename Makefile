@@ -44,7 +44,7 @@ deps:
 # logrotate runs the shipped logrotate file; setpriv (util-linux) gives
 # baton the unit's capability bounding set.
 deps-test: deps
-	$(call need,dpkg systemd gzip man-db chromium logrotate util-linux)
+	$(call need,dpkg systemd gzip man-db chromium logrotate util-linux curl openssl nghttp2-client)
 
 deps-bench:
 	$(call need,apache2 lighttpd wrk haproxy nginx-light nghttp2-client strace)
@@ -54,6 +54,7 @@ build:
 
 vet:
 	$(GO) vet ./...
+	cd tools/bench && $(GO) vet ./... && $(GO) test -count=1 ./...
 	@out=$$(gofmt -l .); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 
 # BATON_TEST_DEB=1 lets packaging's TestDebPackage install and purge the
