@@ -134,8 +134,10 @@ const (
 	bitDown    = 1 << 8 // health checks or passive failures say the backend is down
 	bitDrained = 1 << 9 // taken out of rotation by an operator
 
-	// wordFlags are every flag bit above; any other bit set outside the
-	// phase byte makes the word corrupt (statecheck.go).
+	// wordFlags are every flag bit above. A flag added must be added here
+	// too: OpenStateTable takes a word with a bit it does not know, outside
+	// the phase byte, for corrupt (statecheck.go), as it does a phase
+	// without a name in phaseNames.
 	wordFlags = bitDown | bitDrained
 )
 

@@ -55,10 +55,11 @@ import (
 //     binary that counts globally only); it costs a drain_timeout per
 //     restart until the generations that made it are gone.
 //   - since and routableSince must be times baton could have written
-//     (after 2015, less than a day ahead); a bad since becomes now, a bad
-//     routableSince 0 (no slow start). The last restart result, shown by
-//     status only, is cleared if any of its fields is out of range or its
-//     seqlock stays odd; a wrong length is rebuilt from the text.
+//     (after 2015, less than a day ahead; since not 0 in a restart phase);
+//     a bad since becomes now, a bad routableSince 0 (no slow start). The
+//     last restart result, shown by status only, is cleared if any of its
+//     fields is out of range or its seqlock stays odd; a wrong length is
+//     rebuilt from the text.
 //
 // The epoch is a counter compared for equality: every value is valid.
 
@@ -327,7 +328,10 @@ func (c *stateCheck) word(i int, name string, s *stateSlot) {
 }
 
 func (c *stateCheck) times(i int, name string, s *stateSlot) {
-	if v := atomic.LoadInt64(&s.since); v != 0 && !c.plausibleTime(v) && atomic.CompareAndSwapInt64(&s.since, v, c.now) {
+	// In a restart phase the phase start is shown and compared with the
+	// owner's start time: 0 is no time then either.
+	restarting := s.load().phase() != PhaseNone
+	if v := atomic.LoadInt64(&s.since); (v != 0 || restarting) && !c.plausibleTime(v) && atomic.CompareAndSwapInt64(&s.since, v, c.now) {
 		c.add(i, name, "phase start", fmt.Sprintf("%d is no time baton wrote", v), "set to now")
 	}
 	if v := atomic.LoadInt64(&s.routableSince); v != 0 && !c.plausibleTime(v) && atomic.CompareAndSwapInt64(&s.routableSince, v, 0) {

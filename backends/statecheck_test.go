@@ -133,6 +133,9 @@ func checkSane(t testing.TB, tb *StateTable) {
 		if g := atomic.LoadInt64(&s.inflight); g < 0 || g > maxInflight || g < sum {
 			t.Errorf("slot %d: in flight %d, entries %d", i, g, sum)
 		}
+		if v := atomic.LoadInt64(&s.since); w.phase() != PhaseNone && v == 0 {
+			t.Errorf("slot %d: phase %s since 0", i, w.phase())
+		}
 		for _, v := range []int64{atomic.LoadInt64(&s.since), atomic.LoadInt64(&s.routableSince)} {
 			if v != 0 && (v < oldestTime || v > testNow.Add(timeAhead).UnixNano()) {
 				t.Errorf("slot %d: time %d", i, v)
