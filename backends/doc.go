@@ -26,6 +26,14 @@
 // executable and listens on the backend's port (verifyProcess), checked
 // before the drain and again right before the signal.
 //
+// Nothing read from the StateTable is trusted (Issue 21): OpenStateTable
+// takes only the memfd NewStateTable made, checks every slot and repairs
+// what is corrupt in place, reporting each repair (Repairs) for cmd to
+// log. A backend whose state cannot be read is never readmitted in the
+// middle of a restart that still runs, nor kept out for good: it stays
+// out while a live owner runs its restart, else it is down until its next
+// passing health check (statecheck.go has the rule for every field).
+//
 // In-flight counts are kept per generation (pid and start time) as well as
 // globally; the counts of a generation that died are taken out by
 // whichever process notices, so a kill -9 does not stall later drains. A server started by a stop-start restart runs in its own session

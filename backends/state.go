@@ -28,6 +28,13 @@ import (
 // (the drain poll, Drain, Status, a new generation looking for a free
 // entry) takes the entry over by compare-and-swap, subtracts its count
 // from the global one and frees it.
+//
+// Nothing read from the table is trusted: other processes write it, and so
+// may a bug or anything running as root that opens the memfd. OpenStateTable
+// checks every slot before this process uses any (statecheck.go) and
+// repairs what is corrupt in place, by compare-and-swap, so the older
+// generations still writing the same slots see the repair; reads at run
+// time never slice or index by a value from the table unchecked.
 
 const (
 	stateMagic   = 0x31544e4f54414231 // "1BATONT1" little-endian-ish tag
@@ -39,6 +46,18 @@ const (
 	headerSize   = 64
 	slotSize     = 512
 	stateSize    = headerSize + maxSlots*slotSize
+	stateName    = "baton-backends" // the memfd's name, checked by OpenStateTable
+)
+
+// Values of stateSlot.claim.
+const (
+	claimFree    = 0
+	claimWriting = 1 // a starting generation writes the name
+	claimed      = 2
+	// claimRetired marks a slot a loader found unreadable (no valid name,
+	// or a name found twice): it is never looked up nor claimed again, as
+	// an older generation may still write it through the pointer it holds.
+	claimRetired = 3
 )
 
 type stateHeader struct {
@@ -114,7 +133,18 @@ type stateWord uint64
 const (
 	bitDown    = 1 << 8 // health checks or passive failures say the backend is down
 	bitDrained = 1 << 9 // taken out of rotation by an operator
+
+	// wordFlags are every flag bit above. A flag added must be added here
+	// too: OpenStateTable takes a word with a bit it does not know, outside
+	// the phase byte, for corrupt (statecheck.go), as it does a phase
+	// without a name in phaseNames.
+	wordFlags = bitDown | bitDrained
 )
+
+// valid reports whether w holds a known phase and known flags only.
+func (w stateWord) valid() bool {
+	return int(w.phase()) < len(phaseNames) && w&^(0xff|wordFlags) == 0
+}
 
 func (w stateWord) phase() Phase  { return Phase(w & 0xff) }
 func (w stateWord) down() bool    { return w&bitDown != 0 }
@@ -151,6 +181,13 @@ type StateTable struct {
 	r   *shmem.Region
 	mem []byte // r.Mem
 	hdr *stateHeader
+
+	repairs []shmem.Repair // what OpenStateTable found corrupt
+	// startDown makes a slot claimed by this process start down (until a
+	// health check passes) rather than up: set when the state of some
+	// backends was lost (a slot retired, the whole table replaced), since
+	// a backend that gets a new slot may be one whose old slot is gone.
+	startDown bool
 }
 
 func mapState(r *shmem.Region) *StateTable {
@@ -159,7 +196,7 @@ func mapState(r *shmem.Region) *StateTable {
 
 // NewStateTable creates an empty table in a new memfd.
 func NewStateTable() (*StateTable, error) {
-	r, err := shmem.Create("baton-backends", stateSize)
+	r, err := shmem.Create(stateName, stateSize)
 	if err != nil {
 		return nil, fmt.Errorf("backends: state table: %w", err)
 	}
@@ -169,20 +206,51 @@ func NewStateTable() (*StateTable, error) {
 	return t, nil
 }
 
+// ReplaceStateTable creates an empty table to use instead of one that
+// OpenStateTable refused. The previous generations' state is then
+// unknown, including restarts they may be running, so every backend
+// starts down and is readmitted by its first passing health check.
+func ReplaceStateTable() (*StateTable, error) {
+	t, err := NewStateTable()
+	if err != nil {
+		return nil, err
+	}
+	t.startDown = true
+	return t, nil
+}
+
 // OpenStateTable maps a table passed by a previous generation. It takes
-// ownership of f.
+// ownership of f. f must be the memfd NewStateTable made (by its name, its
+// size and its seals: see shmem.Check) and carry this layout's magic;
+// anything else is refused with an error that says what f is, and the
+// caller starts from ReplaceStateTable. Then every slot is checked and
+// what is corrupt is repaired in place (see Repairs).
 func OpenStateTable(f *os.File) (*StateTable, error) {
-	r, err := shmem.Open(f, stateSize)
+	return openStateTable(f, time.Now(), genAlive, alive)
+}
+
+// openStateTable is OpenStateTable with the clock and the liveness checks
+// of generations and pids given: a test seam.
+func openStateTable(f *os.File, now time.Time, genAlive func(genID) bool, pidAlive func(int) bool) (*StateTable, error) {
+	r, err := shmem.Open(f, stateName, stateSize)
 	if err != nil {
 		return nil, fmt.Errorf("backends: state table: %w", err)
 	}
 	t := mapState(r)
-	if m, v := atomic.LoadUint64(&t.hdr.magic), atomic.LoadUint64(&t.hdr.version); m != stateMagic || v != stateVersion {
+	// why: versions only append fields (see stateSlot), so a table from a
+	// newer baton is read for what this one knows; another layout has
+	// another magic.
+	if m, v := atomic.LoadUint64(&t.hdr.magic), atomic.LoadUint64(&t.hdr.version); m != stateMagic || v < 1 {
 		t.Close()
-		return nil, fmt.Errorf("backends: state table: bad magic %#x or version %d", m, v)
+		return nil, fmt.Errorf("backends: state table: magic %#x, version %d: not a state table of this layout (want magic %#x)", m, v, uint64(stateMagic))
 	}
+	t.repairs = t.check(now, genAlive, pidAlive)
 	return t, nil
 }
+
+// Repairs lists what OpenStateTable found corrupt in the table and what it
+// did about each (see statecheck.go); nil for a table in order.
+func (t *StateTable) Repairs() []shmem.Repair { return t.repairs }
 
 // File is the memfd behind the table, to pass to the next generation.
 func (t *StateTable) File() *os.File { return t.r.File }
@@ -204,11 +272,11 @@ func (t *StateTable) slot(name string) (*stateSlot, error) {
 	for i := 0; i < maxSlots; i++ {
 		s := t.slotAt(i)
 		switch atomic.LoadUint64(&s.claim) {
-		case 2:
+		case claimed:
 			if s.loadName() == name {
 				return s, nil
 			}
-		case 0:
+		case claimFree:
 			if free < 0 {
 				free = i
 			}
@@ -221,9 +289,12 @@ func (t *StateTable) slot(name string) (*stateSlot, error) {
 	// at a time, but CAS keeps two claimers from sharing a slot anyway.
 	for i := free; i < maxSlots; i++ {
 		s := t.slotAt(i)
-		if atomic.CompareAndSwapUint64(&s.claim, 0, 1) {
+		if atomic.CompareAndSwapUint64(&s.claim, claimFree, claimWriting) {
 			storeText(s.name[:], &s.nameLen, name)
-			atomic.StoreUint64(&s.claim, 2)
+			if t.startDown {
+				atomic.StoreUint64(&s.word, bitDown)
+			}
+			atomic.StoreUint64(&s.claim, claimed)
 			return s, nil
 		}
 	}
@@ -300,21 +371,14 @@ func (s *stateSlot) result() (r lastResult, have bool) {
 }
 
 func storeText(words []uint64, n *uint64, s string) {
-	var buf [maxReasonLen]byte
-	copy(buf[:len(words)*8], s)
-	for i := range words {
-		atomic.StoreUint64(&words[i], *(*uint64)(unsafe.Pointer(&buf[i*8])))
-	}
-	atomic.StoreUint64(n, uint64(min(len(s), len(words)*8)))
+	atomic.StoreUint64(n, uint64(shmem.StoreBytes(words, []byte(s))))
 }
 
+// loadText reads a text field. Issue 21: the length word was converted to
+// int before the clamp, so a corrupt one (2^63 or more) went negative and
+// the slice panicked, in every later generation at its start.
 func loadText(words []uint64, np *uint64) string {
-	n := min(int(atomic.LoadUint64(np)), len(words)*8)
-	var buf [maxReasonLen]byte
-	for i := range words {
-		*(*uint64)(unsafe.Pointer(&buf[i*8])) = atomic.LoadUint64(&words[i])
-	}
-	return string(buf[:n])
+	return shmem.Text(words, atomic.LoadUint64(np))
 }
 
 // genID names a process for its whole life: its pid and its start time
@@ -328,6 +392,12 @@ func makeGenID(pid int, start uint64) genID {
 }
 
 func (g genID) pid() int { return int(uint64(g) >> 42) }
+
+// plausible reports whether g can name a process: its pid is one Linux
+// can give. An id read from the table that is not is corrupt.
+func (g genID) plausible() bool {
+	return uint64(g) != genReclaiming && g.pid() >= 1 && g.pid() <= maxPID
+}
 
 // genOf is the genID of a running process.
 func genOf(pid int) (genID, error) {
@@ -384,18 +454,38 @@ func (s *stateSlot) reclaim(self genID, alive func(genID) bool) []reclaimed {
 	for i := range s.gens {
 		e := &s.gens[i]
 		id := atomic.LoadUint64(&e.id)
-		if id == 0 || id == genReclaiming || genID(id) == self || alive(genID(id)) {
+		if id == 0 || id == genReclaiming || genID(id) == self || (genID(id).plausible() && alive(genID(id))) {
 			continue
 		}
 		if !atomic.CompareAndSwapUint64(&e.id, id, genReclaiming) {
 			continue // another process is at it
 		}
-		n := atomic.SwapInt64(&e.count, 0)
-		atomic.AddInt64(&s.inflight, -n)
+		n := s.takeCount(e)
 		atomic.StoreUint64(&e.id, 0)
 		out = append(out, reclaimed{pid: genID(id).pid(), count: n})
 	}
 	return out
+}
+
+// takeCount zeroes the count of e, an entry this process took over, and
+// subtracts it from the global count, never by more than the global count
+// holds beyond the other entries' (which is at least what e's generation
+// really had in flight): a count corrupt in shared memory must not make
+// the global one go below the requests the others have in flight.
+func (s *stateSlot) takeCount(e *genEntry) int64 {
+	n := atomic.SwapInt64(&e.count, 0)
+	var others int64
+	for i := range s.gens {
+		if o := &s.gens[i]; o != e {
+			others += max(atomic.LoadInt64(&o.count), 0)
+		}
+	}
+	n = min(n, atomic.LoadInt64(&s.inflight)-others)
+	if n <= 0 {
+		return 0
+	}
+	atomic.AddInt64(&s.inflight, -n)
+	return n
 }
 
 // liveGens lists the pids of the generations holding entries in s.
@@ -403,7 +493,7 @@ func (s *stateSlot) liveGens(alive func(genID) bool) []int {
 	var out []int
 	for i := range s.gens {
 		id := atomic.LoadUint64(&s.gens[i].id)
-		if id != 0 && id != genReclaiming && alive(genID(id)) {
+		if id != 0 && id != genReclaiming && genID(id).plausible() && alive(genID(id)) {
 			out = append(out, genID(id).pid())
 		}
 	}

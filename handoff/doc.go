@@ -26,7 +26,9 @@
 // TLS: a Server with a TLSConfig terminates TLS itself. The session ticket
 // keys (TicketKeys) live in a memfd that every generation passes to the
 // next, so sessions resume across upgrades; only the serving generation
-// rotates them.
+// rotates them. A memfd passed under their name that is not theirs is
+// refused; corrupt keys in it are dropped (a corrupt file replaced by a
+// fresh key) and reported, never a reason not to start.
 //
 // Signals: SIGHUP upgrades (a SIGHUP during an upgrade joins it),
 // SIGTERM and SIGINT drain and stop. The package knows nothing of HTTP

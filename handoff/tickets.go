@@ -9,10 +9,13 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/batonproxy/baton/internal/shmem"
 )
 
 // Defaults applied by NewTicketKeys to zero TicketOptions fields.
@@ -31,6 +34,11 @@ type TicketOptions struct {
 	Keep int
 	// Now is the clock; nil means time.Now. For tests.
 	Now func() time.Time
+	// OnRepair, if set, is told each time the keys read from the memfd
+	// were corrupt, and what was done: a bad key dropped, or the whole
+	// file replaced by a fresh key (clients then make full handshakes
+	// instead of resuming). nil: not told.
+	OnRepair func(shmem.Repair)
 }
 
 // TicketKeys are the TLS session ticket keys of every generation. They
@@ -43,6 +51,13 @@ type TicketOptions struct {
 //
 // The memfd is never linked into a file system; like any anonymous memory
 // it could reach swap, not a file.
+//
+// What is read from the memfd is checked (Issue 21): a key with an
+// impossible creation time, an all-zero key or one found twice is dropped;
+// a file whose header, count or size is wrong is replaced by one fresh key.
+// Either way the file is rewritten with what is left, so the next
+// generation inherits it in order, and OnRepair is told. Sessions under a
+// dropped key make a full handshake; nothing else is lost.
 type TicketKeys struct {
 	opts TicketOptions
 	f    *os.File
@@ -63,10 +78,20 @@ const (
 	ticketHeader  = 16 // magic (8), version (4), count (4)
 	ticketEntry   = 8 + 32
 	ticketMax     = 64
+	ticketsName   = "baton-tickets" // the memfd's name, checked by NewTicketKeys
+	// ticketAhead is how far ahead of now a key's creation time may be:
+	// beyond it, the time is corrupt (or the clock went back by a day).
+	ticketAhead = 24 * time.Hour
 )
+
+// ticketOldest is before any baton: a key created earlier is corrupt.
+var ticketOldest = time.Date(2015, 1, 1, 0, 0, 0, 0, time.UTC)
 
 // NewTicketKeys opens the keys a previous generation passed on in f, or,
 // with f nil, makes a memfd with one fresh key. It takes ownership of f.
+// An f that is not the memfd a NewTicketKeys made (see shmem.Check) is
+// refused with an error saying what it is; the caller then starts with
+// fresh keys (f nil). Corrupt contents are repaired (see TicketKeys).
 func NewTicketKeys(f *os.File, opts TicketOptions) (*TicketKeys, error) {
 	if opts.Rotation <= 0 {
 		opts.Rotation = DefaultTicketRotation
@@ -80,7 +105,12 @@ func NewTicketKeys(f *os.File, opts TicketOptions) (*TicketKeys, error) {
 	}
 	k := &TicketKeys{opts: opts, f: f}
 	if f != nil {
-		unlock, err := k.lock(unix.F_RDLCK)
+		if _, err := shmem.Check(f, ticketsName); err != nil {
+			f.Close()
+			return nil, fmt.Errorf("handoff: ticket keys: %w", err)
+		}
+		// The write lock: a corrupt file is rewritten.
+		unlock, err := k.lock(unix.F_WRLCK)
 		if err == nil {
 			err = k.load()
 			unlock()
@@ -91,11 +121,11 @@ func NewTicketKeys(f *os.File, opts TicketOptions) (*TicketKeys, error) {
 		}
 		return k, nil
 	}
-	fd, err := unix.MemfdCreate("baton-tickets", unix.MFD_CLOEXEC)
+	fd, err := unix.MemfdCreate(ticketsName, unix.MFD_CLOEXEC)
 	if err != nil {
 		return nil, fmt.Errorf("handoff: ticket keys: memfd: %w", err)
 	}
-	k.f = os.NewFile(uintptr(fd), "baton-tickets")
+	k.f = os.NewFile(uintptr(fd), ticketsName)
 	if _, err := k.rotate(true); err != nil {
 		k.f.Close()
 		return nil, err
@@ -204,36 +234,109 @@ func (k *TicketKeys) lock(typ int16) (func(), error) {
 	}, nil
 }
 
-// load reads the keys from the file; the caller holds the lock.
+// ticketFileMax bounds what load reads: a valid file is far smaller.
+const ticketFileMax = ticketHeader + ticketMax*ticketEntry
+
+// load reads the keys from the file, and rewrites it if parseTickets found
+// anything corrupt (with a fresh key if no key was left); the caller holds
+// the write lock.
 func (k *TicketKeys) load() error {
 	fi, err := k.f.Stat()
 	if err != nil {
 		return fmt.Errorf("handoff: ticket keys: %w", err)
 	}
-	b := make([]byte, fi.Size())
-	if _, err := k.f.ReadAt(b, 0); err != nil {
+	// A file grown past any valid size is read only as far as that: the
+	// size check below refuses it anyway.
+	b := make([]byte, min(fi.Size(), ticketFileMax+1))
+	if _, err := k.f.ReadAt(b, 0); err != nil && !errors.Is(err, io.EOF) {
 		return fmt.Errorf("handoff: ticket keys: %w", err)
 	}
-	bad := errors.New("handoff: ticket keys: the file passed on is not a key file")
-	if len(b) < ticketHeader || binary.LittleEndian.Uint64(b) != ticketMagic || binary.LittleEndian.Uint32(b[8:]) != ticketVersion {
-		return bad
-	}
-	n := int(binary.LittleEndian.Uint32(b[12:]))
-	if n < 1 || n > ticketMax || len(b) != ticketHeader+n*ticketEntry {
-		return bad
-	}
-	keys := make([]ticketKey, n)
-	for i := range keys {
-		e := b[ticketHeader+i*ticketEntry:]
-		keys[i].created = time.Unix(0, int64(binary.LittleEndian.Uint64(e)))
-		copy(keys[i].key[:], e[8:])
-	}
+	now := k.opts.Now()
+	keys, repairs := parseTickets(b, fi.Size(), now)
 	clear(b)
+	if len(keys) == 0 {
+		var nk ticketKey
+		nk.created = now
+		if _, err := io.ReadFull(rand.Reader, nk.key[:]); err != nil {
+			return fmt.Errorf("handoff: ticket keys: %w", err)
+		}
+		keys = []ticketKey{nk}
+	}
 	k.mu.Lock()
 	k.keys = keys
+	if len(repairs) > 0 {
+		err = k.storeLocked()
+	}
 	k.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	if k.opts.OnRepair != nil {
+		for _, r := range repairs {
+			k.opts.OnRepair(r)
+		}
+	}
 	return nil
 }
+
+// parseTickets reads the key file b (of size bytes; b may hold only the
+// start of a file too large) written at or before now. It returns the
+// keys that can be used, newest first, and what it found corrupt. A wrong
+// header, count or size makes the whole file unusable (no keys); a key
+// created at an impossible time, an all-zero key and a key found twice are
+// dropped; keys out of order are sorted.
+func parseTickets(b []byte, size int64, now time.Time) ([]ticketKey, []shmem.Repair) {
+	whole := func(problem string) ([]ticketKey, []shmem.Repair) {
+		return nil, []shmem.Repair{{Table: ticketsName, Entry: "file", Problem: problem,
+			Action: "replaced by a fresh key: sessions under the old keys make full handshakes"}}
+	}
+	if size < ticketHeader || int64(len(b)) < ticketHeader {
+		return whole(fmt.Sprintf("%d bytes, shorter than its header", size))
+	}
+	if m := binary.LittleEndian.Uint64(b); m != ticketMagic {
+		return whole(fmt.Sprintf("magic %#x, want %#x", m, uint64(ticketMagic)))
+	}
+	if v := binary.LittleEndian.Uint32(b[8:]); v != ticketVersion {
+		return whole(fmt.Sprintf("version %d, want %d", v, ticketVersion))
+	}
+	n := binary.LittleEndian.Uint32(b[12:])
+	if n < 1 || n > ticketMax {
+		return whole(fmt.Sprintf("%d keys, want 1 to %d", n, ticketMax))
+	}
+	if want := int64(ticketHeader + int(n)*ticketEntry); size != want || int64(len(b)) != want {
+		return whole(fmt.Sprintf("%d bytes for %d keys, want %d", size, n, want))
+	}
+	var keys []ticketKey
+	var repairs []shmem.Repair
+	drop := func(i int, problem string) {
+		repairs = append(repairs, shmem.Repair{Table: ticketsName, Entry: fmt.Sprintf("key %d", i), Problem: problem,
+			Action: "dropped: sessions under it make full handshakes"})
+	}
+	for i := 0; i < int(n); i++ {
+		e := b[ticketHeader+i*ticketEntry:]
+		var tk ticketKey
+		ns := int64(binary.LittleEndian.Uint64(e))
+		tk.created = time.Unix(0, ns)
+		copy(tk.key[:], e[8:ticketEntry])
+		switch {
+		case tk.created.Before(ticketOldest) || tk.created.After(now.Add(ticketAhead)):
+			drop(i, fmt.Sprintf("created at %d, no time baton wrote", ns))
+		case tk.key == [32]byte{}:
+			drop(i, "all zeros")
+		case slices.ContainsFunc(keys, func(o ticketKey) bool { return o.key == tk.key }):
+			drop(i, "the same as an earlier key")
+		default:
+			keys = append(keys, tk)
+		}
+	}
+	if !slices.IsSortedFunc(keys, newestFirst) {
+		slices.SortStableFunc(keys, newestFirst)
+		repairs = append(repairs, shmem.Repair{Table: ticketsName, Entry: "file", Problem: "keys out of order", Action: "sorted, newest first"})
+	}
+	return keys, repairs
+}
+
+func newestFirst(a, b ticketKey) int { return b.created.Compare(a.created) }
 
 func (k *TicketKeys) storeLocked() error {
 	b := make([]byte, ticketHeader+len(k.keys)*ticketEntry)

@@ -12,6 +12,7 @@ import (
 	"github.com/batonproxy/baton/cmd/internal/accesslog"
 	"github.com/batonproxy/baton/cmd/internal/metrics"
 	"github.com/batonproxy/baton/handoff"
+	"github.com/batonproxy/baton/internal/shmem"
 	"github.com/batonproxy/baton/proxy"
 )
 
@@ -36,8 +37,10 @@ func (o *observer) Observe(e *proxy.Exchange) {
 }
 
 // openMetrics maps the metrics table inherited from the previous
-// generation, or a new one, passes it on, and registers the backends.
-func openMetrics(h *handoff.Handoff, names []string) (*metrics.Table, error) {
+// generation, or a new one, passes it on, and registers the backends. A
+// table that cannot be used is replaced by a new one (counters begin again
+// from zero), and what was corrupt in one that can is logged.
+func openMetrics(h *handoff.Handoff, names []string, log *slog.Logger) (*metrics.Table, error) {
 	f, err := h.File(metricsFile)
 	if err != nil {
 		return nil, err
@@ -45,6 +48,12 @@ func openMetrics(h *handoff.Handoff, names []string) (*metrics.Table, error) {
 	var t *metrics.Table
 	if f != nil {
 		t, err = metrics.OpenTable(f)
+		if err != nil {
+			log.Error("refused the metrics table passed by the previous generation; starting from a new one: counters begin again from zero", "err", err)
+			t, err = metrics.NewTable()
+		} else {
+			logRepairs(log, t.Repairs())
+		}
 	} else {
 		t, err = metrics.NewTable()
 	}
@@ -60,6 +69,17 @@ func openMetrics(h *handoff.Handoff, names []string) (*metrics.Table, error) {
 		return nil, err
 	}
 	return t, nil
+}
+
+// logRepairs logs what a loader of shared memory found corrupt and did.
+func logRepairs(log *slog.Logger, rs []shmem.Repair) {
+	for _, r := range rs {
+		logRepair(log, r)
+	}
+}
+
+func logRepair(log *slog.Logger, r shmem.Repair) {
+	log.Warn("corrupt shared memory dropped", "table", r.Table, "entry", r.Entry, "field", r.Field, "problem", r.Problem, "action", r.Action)
 }
 
 // recordRestart is backends.Options.OnRestart: restarts into the shared

@@ -172,6 +172,15 @@ func (i *instance) start() error {
 		return ferr
 	} else if f != nil {
 		i.table, err = backends.OpenStateTable(f)
+		if err != nil {
+			// Issue 21: refusing to start would fail this upgrade and
+			// every later one, the serving process passing on the same file.
+			i.log.Error("refused the backend state table passed by the previous generation; starting from a new one: every backend starts down until its first passing health check, and the restarts and in-flight counts of the older generations are not seen here",
+				"err", err)
+			i.table, err = backends.ReplaceStateTable()
+		} else {
+			logRepairs(i.log, i.table.Repairs())
+		}
 	} else {
 		i.table, err = backends.NewStateTable()
 	}
@@ -190,7 +199,7 @@ func (i *instance) start() error {
 	for n, b := range cfg.Backends {
 		names[n] = b.Name
 	}
-	mt, err := openMetrics(h, names)
+	mt, err := openMetrics(h, names, i.log)
 	if err != nil {
 		return err
 	}

@@ -12,6 +12,7 @@ import (
 	"github.com/batonproxy/baton/backends"
 	"github.com/batonproxy/baton/cmd/internal/config"
 	"github.com/batonproxy/baton/handoff"
+	"github.com/batonproxy/baton/internal/shmem"
 )
 
 // ticketsFile is the name under which the TLS session ticket keys are
@@ -30,7 +31,12 @@ func (i *instance) startTLS(errLog *log.Logger) error {
 		return err
 	}
 	if f != nil || len(cfg.TLS) > 0 {
-		if i.tickets, err = handoff.NewTicketKeys(f, handoff.TicketOptions{}); err != nil {
+		opts := handoff.TicketOptions{OnRepair: func(r shmem.Repair) { logRepair(i.log, r) }}
+		if i.tickets, err = handoff.NewTicketKeys(f, opts); err != nil && f != nil {
+			i.log.Error("refused the TLS session ticket keys passed by the previous generation; starting with a fresh key: sessions under the old keys make full handshakes", "err", err)
+			i.tickets, err = handoff.NewTicketKeys(nil, opts)
+		}
+		if err != nil {
 			return err
 		}
 		if err := h.AddFile(ticketsFile, i.tickets.File()); err != nil {

@@ -11,6 +11,12 @@
 // read as "nothing counted yet"); a change that cannot be expressed that
 // way needs a new magic.
 //
+// What a Table holds is not trusted: OpenTable takes only the memfd
+// NewTable made, checks the names, histograms and generation entries, and
+// repairs in place what is corrupt, reporting it (Repairs; check.go has
+// the rules). A slot dropped as unreadable loses its counters: the
+// backend's start again from zero, which Prometheus reads as a reset.
+//
 // Write renders the Table, plus gauges the caller samples, in the
 // Prometheus text exposition format. It is written by hand: no Prometheus
 // client library can keep its counters in memory shared between processes,

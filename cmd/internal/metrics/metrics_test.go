@@ -99,17 +99,6 @@ func TestSharedAcrossGenerations(t *testing.T) {
 	has(t, scrape(t, next), `baton_requests_total{backend="web3",code="5xx"} 1`)
 }
 
-func TestOpenTableRejects(t *testing.T) {
-	f, err := os.CreateTemp(t.TempDir(), "m")
-	if err != nil {
-		t.Fatal(err)
-	}
-	f.Truncate(tableSize)
-	if _, err := OpenTable(f); err == nil || !strings.Contains(err.Error(), "bad magic") {
-		t.Errorf("zeroed file: got %v, want bad magic", err)
-	}
-}
-
 func TestObserveAllocs(t *testing.T) {
 	tb := newTable(t)
 	e := &proxy.Exchange{Status: 200, Backend: "web2", Attempts: 1, Upstream: time.Millisecond, Total: time.Millisecond}

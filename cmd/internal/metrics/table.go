@@ -26,6 +26,15 @@ const (
 	maxNameLen   = 64
 	tableSize    = globalSize + maxSlots*slotSize
 	maxGens      = 32
+	tableName    = "baton-metrics" // the memfd's name, checked by OpenTable
+)
+
+// Values of slot.claim.
+const (
+	claimFree    = 0
+	claimWriting = 1
+	claimed      = 2
+	claimRetired = 3 // unreadable (see check.go): never looked up nor claimed again
 )
 
 // NoBackend is the backend label of requests no backend answered (held
@@ -147,11 +156,13 @@ type Table struct {
 	order []string
 	none  *slot
 	mine  *genSlot
+
+	repairs []shmem.Repair // what OpenTable found corrupt
 }
 
 // NewTable creates an empty table in a new memfd.
 func NewTable() (*Table, error) {
-	r, err := shmem.Create("baton-metrics", tableSize)
+	r, err := shmem.Create(tableName, tableSize)
 	if err != nil {
 		return nil, fmt.Errorf("metrics: %w", err)
 	}
@@ -162,19 +173,28 @@ func NewTable() (*Table, error) {
 }
 
 // OpenTable maps a table passed by a previous generation. It takes
-// ownership of f.
+// ownership of f. f must be the memfd NewTable made (name, size, seals:
+// see shmem.Check) with this layout's magic, or it is refused with an error
+// saying what it is (the caller then starts a NewTable: counters begin
+// again from zero). Then every entry is checked and what is corrupt is
+// repaired in place (see Repairs).
 func OpenTable(f *os.File) (*Table, error) {
-	r, err := shmem.Open(f, tableSize)
+	r, err := shmem.Open(f, tableName, tableSize)
 	if err != nil {
 		return nil, fmt.Errorf("metrics: %w", err)
 	}
 	t := mapTable(r)
 	if m, v := atomic.LoadUint64(&t.g.magic), atomic.LoadUint64(&t.g.version); m != tableMagic || v < 1 {
 		t.Close()
-		return nil, fmt.Errorf("metrics: bad magic %#x or version %d", m, v)
+		return nil, fmt.Errorf("metrics: magic %#x, version %d: not a metrics table of this layout (want magic %#x)", m, v, uint64(tableMagic))
 	}
+	t.repairs = t.check(time.Now())
 	return t, nil
 }
+
+// Repairs lists what OpenTable found corrupt and what it did about each;
+// nil for a table in order.
+func (t *Table) Repairs() []shmem.Repair { return t.repairs }
 
 func mapTable(r *shmem.Region) *Table {
 	return &Table{r: r, mem: r.Mem, g: (*global)(unsafe.Pointer(&r.Mem[0])), slots: map[string]*slot{}}
@@ -215,19 +235,14 @@ func (t *Table) claim(name string) (*slot, error) {
 	for i := 0; i < maxSlots; i++ {
 		s := t.slotAt(i)
 		switch atomic.LoadUint64(&s.claim) {
-		case 2:
+		case claimed:
 			if s.loadName() == name {
 				return s, nil
 			}
-		case 0:
-			if atomic.CompareAndSwapUint64(&s.claim, 0, 1) {
-				var buf [maxNameLen]byte
-				copy(buf[:], name)
-				for j := range s.name {
-					atomic.StoreUint64(&s.name[j], *(*uint64)(unsafe.Pointer(&buf[j*8])))
-				}
-				atomic.StoreUint64(&s.nameLen, uint64(len(name)))
-				atomic.StoreUint64(&s.claim, 2)
+		case claimFree:
+			if atomic.CompareAndSwapUint64(&s.claim, claimFree, claimWriting) {
+				atomic.StoreUint64(&s.nameLen, uint64(shmem.StoreBytes(s.name[:], []byte(name))))
+				atomic.StoreUint64(&s.claim, claimed)
 				return s, nil
 			}
 		}
@@ -235,13 +250,9 @@ func (t *Table) claim(name string) (*slot, error) {
 	return nil, fmt.Errorf("metrics: table full (%d names)", maxSlots)
 }
 
-func (s *slot) loadName() string {
-	var buf [maxNameLen]byte
-	for j := range s.name {
-		*(*uint64)(unsafe.Pointer(&buf[j*8])) = atomic.LoadUint64(&s.name[j])
-	}
-	return string(buf[:min(int(atomic.LoadUint64(&s.nameLen)), maxNameLen)])
-}
+// loadName reads the slot's name. Issue 21: the length word went through
+// int before its clamp, so a corrupt one panicked every later generation.
+func (s *slot) loadName() string { return shmem.Text(s.name[:], atomic.LoadUint64(&s.nameLen)) }
 
 // Observe counts one finished request. It does not allocate.
 func (t *Table) Observe(e *proxy.Exchange) {
