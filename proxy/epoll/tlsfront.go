@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/batonproxy/baton/proxy/epoll/internal/tls13"
 )
 
 // tlsFront accepts the connections of a TLS listener and runs each
@@ -172,7 +174,7 @@ func (f *tlsFront) loopState(tc *tls.Conn, hc *hsConn) *tlsConn {
 	if st.Version != tls.VersionTLS13 || st.NegotiatedProtocol == "h2" || hc.left != 0 || hc.overflow {
 		return nil
 	}
-	suite, ok := loopSuite(st.CipherSuite)
+	suite, ok := tls13.SuiteByID(st.CipherSuite)
 	if !ok {
 		return nil
 	}
@@ -180,42 +182,22 @@ func (f *tlsFront) loopState(tc *tls.Conn, hc *hsConn) *tlsConn {
 	if sec.client == nil || sec.server == nil {
 		return nil
 	}
-	wr, err := newHalfConn(suite, sec.server, 0)
-	if err != nil {
-		return nil
-	}
 	// The records the server protected with its application secret
 	// during the handshake (the session ticket) are counted by opening
 	// them: no assumption on how many crypto/tls sends.
-	seq, ok := countSealed(wr, hc.sent)
+	seq, ok := tls13.SealedBy(suite, sec.server, hc.sent)
 	if !ok {
 		return nil
 	}
-	wr.seq = seq
-	rd, err := newHalfConn(suite, sec.client, 0)
+	wr, err := tls13.NewWriter(suite, sec.server, seq)
+	if err != nil {
+		return nil
+	}
+	rd, err := tls13.NewReader(suite, sec.client)
 	if err != nil {
 		return nil
 	}
 	return &tlsConn{rd: rd, wr: wr, state: st, raw: slices.Clone(hc.buf[hc.r:hc.w])}
-}
-
-// countSealed counts the records at the end of sent that h's key opens,
-// with sequence numbers from 0; false if they are not all at the end.
-func countSealed(h *halfConn, sent [][]byte) (uint64, bool) {
-	var seq uint64
-	var nonce [12]byte
-	for _, rec := range sent {
-		h.seq = seq
-		h.nonce(&nonce)
-		if _, err := h.aead.Open(nil, nonce[:], rec[recordHeader:], rec[:recordHeader]); err != nil {
-			if seq > 0 {
-				return 0, false
-			}
-			continue
-		}
-		seq++
-	}
-	return seq, true
 }
 
 // dupConn returns a copy of c's descriptor (non-blocking, as Go set it).
@@ -285,10 +267,10 @@ func (c *hsConn) Read(p []byte) (int, error) {
 		return c.Conn.Read(p)
 	}
 	if c.left == 0 {
-		if err := c.fill(recordHeader); err != nil {
+		if err := c.fill(tls13.HeaderLen); err != nil {
 			return 0, err
 		}
-		c.left = recordHeader + int(binary.BigEndian.Uint16(c.buf[c.r+3:]))
+		c.left = tls13.HeaderLen + int(binary.BigEndian.Uint16(c.buf[c.r+3:]))
 	}
 	if c.r == c.w {
 		if err := c.fill(1); err != nil {
@@ -337,12 +319,12 @@ func (c *hsConn) capture(p []byte) {
 		return
 	}
 	b := append(c.wpart, p...)
-	for len(b) >= recordHeader {
-		n := recordHeader + int(binary.BigEndian.Uint16(b[3:5]))
+	for len(b) >= tls13.HeaderLen {
+		n := tls13.HeaderLen + int(binary.BigEndian.Uint16(b[3:5]))
 		if len(b) < n {
 			break
 		}
-		if b[0] == recordAppData {
+		if b[0] == 23 { // application data: protected
 			c.sent = append(c.sent, slices.Clone(b[:n]))
 		}
 		b = b[n:]
