@@ -472,6 +472,7 @@ func (c *conn) fail(err error) {
 	if x.committed {
 		x.ex.Term = proxy.TermBackendError
 		c.endExchange()
+		c.cutShort()
 		c.close()
 		return
 	}

@@ -166,9 +166,15 @@ func (c *conn) openRecords() bool {
 				}
 				return false
 			}
+			// A protocol error ends the connection with its alert, at
+			// once: what came before it in this read is not served. After
+			// the peer's fatal alert nothing more is sent (RFC 8446
+			// section 6.2).
 			var e *tls13.Error
 			if errors.As(err, &e) {
 				c.sendAlert(e.Alert)
+			} else {
+				t.alert = true
 			}
 			t.closed = true
 			c.abort()
@@ -351,6 +357,14 @@ func (c *conn) sendAlert(a tls13.Alert) {
 		}
 		t.wR += n
 	}
+}
+
+// cutShort ends a response that was cut short (its backend failed after
+// part of it went out) with an internal_error alert instead of the
+// close_notify that would tell the client it is complete: with a body
+// delimited by the close, the client could not tell otherwise.
+func (c *conn) cutShort() {
+	c.sendAlert(tls13.AlertInternalError)
 }
 
 // releaseTLS returns c's TLS buffers.
