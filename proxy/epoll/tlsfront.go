@@ -31,14 +31,19 @@ type tlsFront struct {
 	next atomic.Uint32
 	wg   sync.WaitGroup // the accept loop and the handshakes
 
-	mu     sync.Mutex
-	hs     map[net.Conn]struct{} // in their handshake
-	closed bool                  // the loops are gone
-	wake   chan struct{}         // a connection closed (for MaxConns)
+	mu       sync.Mutex
+	hs       map[net.Conn]struct{} // in their handshake
+	closed   bool                  // the loops are gone
+	wake     chan struct{}         // a connection closed (for MaxConns)
+	stop     chan struct{}         // closed when the drain begins or the loops are gone
+	stopOnce sync.Once
+	fdWait   int       // connections waiting for a file descriptor (dupWaiting)
+	fdWaited int       // in this episode
+	fdSince  time.Time // when it began
 }
 
 func newTLSFront(s *Server, ln net.Listener) *tlsFront {
-	f := &tlsFront{s: s, ln: ln, hs: map[net.Conn]struct{}{}, wake: make(chan struct{}, 1)}
+	f := &tlsFront{s: s, ln: ln, hs: map[net.Conn]struct{}{}, wake: make(chan struct{}, 1), stop: make(chan struct{})}
 	base := s.TLSConfig
 	// A shallow copy that only picks each connection's Config: base
 	// itself (its session ticket keys, rotated by whoever owns it) stays
@@ -87,6 +92,10 @@ func (f *tlsFront) serve() {
 
 func (f *tlsFront) stopped() bool { return f.s.draining.Load() }
 
+// stopWaiting ends the waits of the connections out of descriptors: the
+// drain began.
+func (f *tlsFront) stopWaiting() { f.stopOnce.Do(func() { close(f.stop) }) }
+
 // connClosed wakes an accept loop paused at MaxConns.
 func (f *tlsFront) connClosed() {
 	select {
@@ -98,6 +107,7 @@ func (f *tlsFront) connClosed() {
 // closeHandshakes closes the connections still in their handshake and
 // makes later ones close when it ends: the loops are gone.
 func (f *tlsFront) closeHandshakes() {
+	f.stopWaiting()
 	f.mu.Lock()
 	f.closed = true
 	for c := range f.hs {
@@ -127,9 +137,19 @@ func (f *tlsFront) handshake(nc net.Conn) {
 	}
 	_ = nc.SetDeadline(time.Time{})
 	if ts := f.loopState(tc, hc); ts != nil {
-		fd, err := dupConn(nc)
+		fd, err := f.dupWaiting(nc)
+		if errors.Is(err, errDraining) {
+			// Out of descriptors until the drain began: net/http serves
+			// it, as the drain wants.
+			hc.limit = false
+			s.handOver(tc)
+			return
+		}
 		nc.Close() // the loop's copy of the descriptor keeps the socket
 		if err != nil {
+			if s.ErrorLog != nil {
+				s.ErrorLog.Printf("epoll: TLS connection from %s not moved into a loop: %v", nc.RemoteAddr(), err)
+			}
 			s.connClosed()
 			return
 		}
@@ -198,6 +218,85 @@ func (f *tlsFront) loopState(tc *tls.Conn, hc *hsConn) *tlsConn {
 		return nil
 	}
 	return &tlsConn{rd: rd, wr: wr, state: st, raw: slices.Clone(hc.buf[hc.r:hc.w])}
+}
+
+// Bounds of the wait for a file descriptor (dupWaiting), as
+// handoff.KeepAccepting's between failed accepts.
+const (
+	fdWaitMin = 5 * time.Millisecond
+	fdWaitMax = time.Second
+)
+
+var errDraining = errors.New("epoll: draining")
+
+// dupWaiting copies nc's descriptor for a loop. Out of descriptors
+// (EMFILE, ENFILE, ENOMEM), the connection waits, as one in the listen
+// backlog does, and the copy is tried again (5 ms, doubling up to 1 s),
+// until it works, or until the drain begins (errDraining: the caller hands
+// the connection to the Fallback) or the loops are gone. The episode is
+// logged as a failed accept is (handoff.KeepAccepting): once when
+// connections begin to wait, once when none waits any more.
+func (f *tlsFront) dupWaiting(nc net.Conn) (int, error) {
+	fd, err := dupConn(nc)
+	if err == nil || !outOfFDs(err) {
+		return fd, err
+	}
+	f.fdWaiting(1, err)
+	defer f.fdWaiting(-1, nil)
+	wait := fdWaitMin
+	for {
+		t := time.NewTimer(wait)
+		select {
+		case <-t.C:
+		case <-f.stop:
+			t.Stop()
+		}
+		f.mu.Lock()
+		closed := f.closed
+		f.mu.Unlock()
+		switch {
+		case closed:
+			return -1, err
+		case f.stopped():
+			return -1, errDraining
+		}
+		if fd, err = dupConn(nc); err == nil || !outOfFDs(err) {
+			return fd, err
+		}
+		wait = min(2*wait, fdWaitMax)
+	}
+}
+
+// outOfFDs reports whether err says the process or the system is out of
+// file descriptors (or of the memory for one) for now.
+func outOfFDs(err error) bool {
+	return errors.Is(err, unix.EMFILE) || errors.Is(err, unix.ENFILE) || errors.Is(err, unix.ENOMEM)
+}
+
+// fdWaiting counts the connections that wait for a descriptor (d: +1 when
+// one begins, -1 when it ends) and logs the start and the end of an
+// episode.
+func (f *tlsFront) fdWaiting(d int, err error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.fdWait += d
+	log := f.s.Logger
+	if log == nil {
+		return
+	}
+	switch {
+	case d > 0 && f.fdWait == 1:
+		f.fdSince, f.fdWaited = time.Now(), 0
+		log.Warn("cannot move TLS connections into the loops (out of file descriptors); they wait until it works",
+			"listener", f.ln.Addr().String(), "err", err)
+	case d > 0:
+	case f.fdWait == 0:
+		log.Info("moving TLS connections into the loops again", "listener", f.ln.Addr().String(),
+			"waited", f.fdWaited, "for", time.Since(f.fdSince).Round(time.Millisecond))
+	}
+	if d > 0 {
+		f.fdWaited++
+	}
 }
 
 // dupConn returns a copy of c's descriptor (non-blocking, as Go set it).
