@@ -20,16 +20,19 @@ import (
 
 // tlsFront accepts the connections of a TLS listener and runs each
 // handshake on a goroutine of its own, with crypto/tls. A TLS 1.3
-// connection that chose HTTP/1.1 and an AES-GCM suite then moves into a
-// loop, which protects its records itself (tls13.go); every other one
-// (HTTP/2, TLS 1.2, ChaCha20-Poly1305) goes to the Fallback as the
-// *tls.Conn it is.
+// connection that chose HTTP/1.1 (any of TLS 1.3's three suites) then
+// moves into a loop, which protects its records itself (internal/tls13);
+// every other one (HTTP/2, TLS 1.2) goes to the Fallback as the *tls.Conn
+// it is.
 type tlsFront struct {
 	s    *Server
 	ln   net.Listener
 	cfg  *tls.Config // the handshakes': base with configFor
 	next atomic.Uint32
-	wg   sync.WaitGroup // the accept loop and the handshakes
+	// handed counts the connections the front gave to the Fallback as
+	// *tls.Conn (HTTP/2, TLS 1.2, ...), for tests.
+	handed atomic.Int64
+	wg     sync.WaitGroup // the accept loop and the handshakes
 
 	mu       sync.Mutex
 	hs       map[net.Conn]struct{} // in their handshake
@@ -142,6 +145,7 @@ func (f *tlsFront) handshake(nc net.Conn) {
 			// Out of descriptors until the drain began: net/http serves
 			// it, as the drain wants.
 			hc.limit = false
+			f.handed.Add(1)
 			s.handOver(tc)
 			return
 		}
@@ -161,6 +165,7 @@ func (f *tlsFront) handshake(nc net.Conn) {
 		return
 	}
 	hc.limit = false
+	f.handed.Add(1)
 	s.handOver(tc)
 }
 
