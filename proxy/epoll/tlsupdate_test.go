@@ -127,7 +127,9 @@ func TestTLSKeyUpdateFlood(t *testing.T) {
 // that resumes a backend paused for a slow client: the response stalled
 // and was cut at the backend read timeout. Now the download completes,
 // the requests are answered (those that reach the server together, once),
-// and every record opens with the key it was sealed with.
+// and every record opens with the key it was sealed with. The server runs
+// megabytes ahead of this client, so a request mostly comes while a record
+// is half written (EAGAIN) and more wait sealed behind it.
 func TestTLSKeyUpdateMidDownload(t *testing.T) {
 	const size = 32 << 20
 	chunk := bytes.Repeat([]byte("0123456789abcdef"), 4096)
