@@ -127,19 +127,26 @@ func testTLSKeyUpdateDownload(t *testing.T) {
 		_ = cmd.Wait()
 	}()
 	io.WriteString(stdin, "GET /big.bin HTTP/1.1\r\nHost: site.test\r\nConnection: close\r\n\r\n")
-	// Count the body (the only '~' in s_client's output) as it comes, and
-	// ask for a KeyUpdate after 1 MB and after 10 MB.
+	// Count the body (the '~' after the response header; s_client prints
+	// its session ticket before, in hex and as text) as it comes, and ask
+	// for a KeyUpdate after 1 MB and after 10 MB.
 	r := bufio.NewReaderSize(stdout, 64<<10)
 	got, asks := 0, []int{1 << 20, 10 << 20}
 	var text bytes.Buffer // the rest of the output, for KEYUPDATE and errors
+	inBody := false
 	buf := make([]byte, 64<<10)
 	for got < size {
 		n, err := r.Read(buf)
 		for _, c := range buf[:n] {
-			if c == '~' {
+			if inBody && c == '~' {
 				got++
-			} else if text.Len() < 64<<10 {
+				continue
+			}
+			if text.Len() < 64<<10 {
 				text.WriteByte(c)
+			}
+			if !inBody && c == '\n' && bytes.HasSuffix(text.Bytes(), []byte("\r\n\r\n")) && bytes.Contains(text.Bytes(), []byte("HTTP/1.1 200 OK")) {
+				inBody = true
 			}
 		}
 		if len(asks) > 0 && got >= asks[0] {
