@@ -5,6 +5,8 @@ GO ?= go
 BIN := bin/baton
 GOFLAGS_TEST ?= -race -count=1 -timeout 14m
 FUZZTIME ?= 20s
+# The TLS record layer's fuzzers against crypto/tls (a few seconds each).
+FUZZTIME_TLS ?= 4s
 
 # Version and commit, set in the binary (baton version) and the package.
 # Without a v* tag: 0.0.<commits>+g<hash>, which sorts by history.
@@ -62,6 +64,8 @@ vet:
 test: deps-test vet
 	BATON_TEST_DEB=1 $(GO) test $(GOFLAGS_TEST) ./...
 	$(GO) test -run '^$$' -fuzz FuzzDifferential -fuzztime $(FUZZTIME) ./proxy/epoll/
+	$(GO) test -run '^$$' -fuzz FuzzReader -fuzztime $(FUZZTIME_TLS) ./proxy/epoll/internal/tls13/
+	$(GO) test -run '^$$' -fuzz FuzzWriter -fuzztime $(FUZZTIME_TLS) ./proxy/epoll/internal/tls13/
 
 # The main job: the same 30 s of load and the same events (upgrades,
 # restarts, a config deploy) first straight to a real Apache and a real

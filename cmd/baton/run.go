@@ -298,6 +298,7 @@ func (i *instance) newServer(tc *tls.Config, errLog *log.Logger) server {
 		MaxHeaderBytes:    cfg.Server.MaxHeaderBytes,
 		MaxConns:          cfg.Server.MaxConns,
 		ErrorLog:          errLog,
+		Logger:            i.log,
 		TLSConfig:         tc,
 		Fallback:          hs,
 	}

@@ -52,7 +52,7 @@ func (i *instance) startTLS(errLog *log.Logger) error {
 			tc := t.ServerConfig()
 			i.tickets.Apply(tc)
 			// The epoll plane's TLS front accepts on ln itself.
-			i.serve(i.newServer(tc, errLog), handoff.KeepAccepting(ln, i.log, addr))
+			i.serve(i.newServer(tc, errLog), handoff.KeepAccepting(ln, i.log, ln.Addr().String()))
 		}
 	}
 	return nil

@@ -175,6 +175,11 @@ func (c *conn) readable(hup bool) {
 		c.abort()
 		return
 	}
+	if c.tls != nil {
+		if c.afterAnswer(); c.state == stClosed {
+			return
+		}
+	}
 	if be := c.x.be; be != nil && c.x.rb.sending() {
 		be.pumpBody()
 		if c.state == stClosed {
@@ -467,6 +472,7 @@ func (c *conn) fail(err error) {
 	if x.committed {
 		x.ex.Term = proxy.TermBackendError
 		c.endExchange()
+		c.cutShort()
 		c.close()
 		return
 	}

@@ -58,16 +58,25 @@
 // uses a clone of the tls.Config whose KeyLogWriter is that connection's
 // own, so its traffic secrets go into memory with it and nowhere else (a
 // client random is no identity: anyone can copy another's). A TLS 1.3
-// connection that chose
-// HTTP/1.1 (or nothing) and an AES-GCM suite then moves into a loop with
-// its descriptor, its keys and sequence numbers (the session ticket
-// crypto/tls sent is counted by opening the captured records, not
-// assumed), and the loop protects its records itself (tls13.go):
-// application data, close_notify both ways, KeyUpdate answered; anything
-// else after the handshake is an alert and the end. Every other TLS
-// connection (HTTP/2, TLS 1.2, ChaCha20-Poly1305) goes to the Fallback
-// as the *tls.Conn it is; a TLS connection a loop hands over goes on with
-// the loop's keys (recordConn). Session tickets are crypto/tls's, so they
+// connection that chose HTTP/1.1 (or nothing), with any of TLS 1.3's
+// suites, then moves into a loop with its descriptor, its keys and
+// sequence numbers (the session ticket crypto/tls sent is counted by
+// opening the captured records, not assumed), and the loop protects its
+// records itself with the record layer in internal/tls13, which takes
+// exactly what crypto/tls would, with its bounds, and is tested against
+// it (its doc says why it is safe to keep). A KeyUpdate that asks for
+// one is answered at once, after the records already sealed and before
+// what is sealed next; when that write empties the output, a backend
+// paused for the client resumes as after any other. A protocol error
+// ends the connection with its alert; nothing is sent after the peer's
+// fatal alert; a response cut short by its backend ends with an
+// internal_error alert, not the close_notify of a complete one. Out of
+// file descriptors, a connection whose copy for a loop fails waits, as
+// in the listen backlog, until one frees (or the drain begins: then it
+// goes to the Fallback); Logger hears of it once per episode. Every other
+// TLS connection (HTTP/2, TLS 1.2) goes to the Fallback as the
+// *tls.Conn it is; a TLS connection a loop hands over goes on with the
+// loop's keys (recordConn). Session tickets are crypto/tls's, so they
 // resume across planes and generations alike.
 //
 // The Fallback (handoff.Server in baton) serves what is handed over, so

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log"
+	"log/slog"
 	"net"
 	"runtime"
 	"sync"
@@ -52,6 +53,10 @@ type Server struct {
 	// ErrorLog receives net/http's own errors for handed-over
 	// connections, and failed TLS handshakes; nil: the standard logger.
 	ErrorLog *log.Logger
+	// Logger receives, once per episode, that TLS connections wait for a
+	// file descriptor to move into a loop (as handoff.KeepAccepting logs
+	// failed accepts); nil discards.
+	Logger *slog.Logger
 	// TLSConfig, if set, makes Serve terminate TLS: see tlsFront. Each
 	// handshake uses a clone of it whose KeyLogWriter keeps that
 	// connection's traffic secrets in memory, for the loop that serves it.
@@ -235,6 +240,9 @@ func (s *Server) StopAccepting() {
 	}
 	if s.fb != nil {
 		s.fb.BeginDrain()
+	}
+	if s.front != nil {
+		s.front.stopWaiting()
 	}
 	s.noteZero()
 }

@@ -9,6 +9,8 @@ import (
 	"log"
 	"net"
 	"net/http"
+	"os"
+	"os/exec"
 	"strings"
 	"sync"
 	"testing"
@@ -398,4 +400,50 @@ func (c *splitHelloConn) Write(p []byte) (int, error) {
 		return 0, err
 	}
 	return len(p), nil
+}
+
+// TestTLSSuitesInLoop: a TLS 1.3 HTTP/1.1 connection is served in a loop
+// whatever its suite; the test runs in this process (AES-GCM) and again in
+// one where crypto/tls prefers ChaCha20-Poly1305, as on a machine without
+// AES instructions (GODEBUG=cpu.aes=off), which was handed over to
+// net/http before (issue 19 item 6).
+func TestTLSSuitesInLoop(t *testing.T) {
+	want := os.Getenv("EPOLL_WANT_SUITE")
+	if want == "" {
+		cmd := exec.Command(os.Args[0], "-test.run=^TestTLSSuitesInLoop$", "-test.count=1", "-test.v")
+		cmd.Env = append(os.Environ(), "GODEBUG=cpu.aes=off", "EPOLL_WANT_SUITE=TLS_CHACHA20_POLY1305_SHA256")
+		out, err := cmd.CombinedOutput()
+		if err != nil || !strings.Contains(string(out), "--- PASS: TestTLSSuitesInLoop") {
+			t.Errorf("with ChaCha20-Poly1305: %v\n%s", err, out)
+		}
+	}
+	b := backend(t, tlsBackend())
+	ca := tlstest.NewCA(t)
+	pair := ca.Issue(t, time.Now().Add(-time.Hour), time.Now().Add(time.Hour), "localhost")
+	s := &epoll.Server{Handler: proxy.New(newPool(true, b), proxy.Config{}), Loops: 1,
+		TLSConfig: &tls.Config{Certificates: []tls.Certificate{pair.Certificate(t)}, NextProtos: []string{"http/1.1"}}}
+	addr := serveEpoll(t, s)
+	cfg := &tls.Config{RootCAs: ca.Pool(), ServerName: "localhost", MinVersion: tls.VersionTLS13, NextProtos: []string{"http/1.1"}}
+	tr := &http.Transport{TLSClientConfig: cfg}
+	defer tr.CloseIdleConnections()
+	client := &http.Client{Transport: tr, Timeout: 10 * time.Second}
+	for _, path := range []string{"/a", "/big", "/b"} {
+		resp, err := client.Get("https://" + addr + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n, err := io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if err != nil || resp.StatusCode != 200 {
+			t.Fatalf("%s: %d, %d bytes, %v", path, resp.StatusCode, n, err)
+		}
+		suite := tls.CipherSuiteName(resp.TLS.CipherSuite)
+		if want != "" && suite != want {
+			t.Fatalf("suite %s, want %s", suite, want)
+		}
+		t.Logf("%s: %s, %d bytes", path, suite, n)
+	}
+	if n, m := epoll.FrontHandedOver(s), epoll.HandedOver(s); n != 0 || m != 0 {
+		t.Errorf("%d connections handed over to net/http after the handshake, %d by the loop, want 0 (served in the loop)", n, m)
+	}
 }

@@ -9,20 +9,30 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/batonproxy/baton/proxy/epoll/internal/tls13"
 )
+
+// alertCloseNotify ends a connection that closes normally.
+const alertCloseNotify = tls13.AlertCloseNotify
 
 // tlsConn is the TLS side of a connection a loop serves over TLS 1.3:
 // conn.in and conn.out hold plaintext as for a plain connection, raw the
 // ciphertext read and not opened yet, wbuf the records protected and not
 // written yet.
 type tlsConn struct {
-	rd, wr *halfConn
+	rd     *tls13.Reader
+	wr     *tls13.Writer
 	state  tls.ConnectionState
 	raw    []byte // ciphertext not opened yet (a record in part)
 	wbuf   []byte
 	wR     int
 	closed bool // close_notify came, or a protocol error: nothing more is read
 	alert  bool // an alert went: nothing more is written
+	// drained: a KeyUpdate answer written while the records were opened
+	// emptied what was pending, out of the path that resumes a backend
+	// paused for this client (see afterAnswer).
+	drained bool
 }
 
 // adoption is a connection a TLS front hands to a loop.
@@ -103,7 +113,7 @@ func (c *conn) readTLS() (int, error) {
 	if cap(t.raw)-len(t.raw) == 0 {
 		// A record larger than the buffer is coming (openRecords
 		// compacted it): make room for a whole one.
-		grown := make([]byte, len(t.raw), max(2*cap(t.raw), recordHeader+maxCiphertext))
+		grown := make([]byte, len(t.raw), max(2*cap(t.raw), tls13.HeaderLen+tls13.MaxCiphertext))
 		copy(grown, t.raw)
 		c.l.putSmall(t.raw)
 		t.raw = grown
@@ -138,22 +148,33 @@ func (c *conn) readTLS() (int, error) {
 var errTLSClosed = errors.New("tls: connection closed")
 
 // openRecords moves the application data of the complete records in raw
-// to in. It returns false if the client sent close_notify (c reads
-// nothing more) or c was closed on a protocol error.
+// to in, and answers a KeyUpdate that asks for one. It returns false if
+// the client sent close_notify (c reads nothing more) or c was closed on
+// a protocol error.
 func (c *conn) openRecords() bool {
 	t := c.tls
 	off := 0
+	asked := false
 	for {
-		used, o, err := t.rd.openRecord(t.raw[off:])
+		used, data, ask, err := t.rd.Open(t.raw[off:])
 		if err != nil {
-			if err == errCloseNotify {
+			if err == io.EOF {
 				t.closed = true
 				t.raw = t.raw[:0]
+				if asked {
+					c.answer()
+				}
 				return false
 			}
-			var a *tlsAlert
-			if errors.As(err, &a) {
-				c.sendAlert(a.desc)
+			// A protocol error ends the connection with its alert, at
+			// once: what came before it in this read is not served. After
+			// the peer's fatal alert nothing more is sent (RFC 8446
+			// section 6.2).
+			var e *tls13.Error
+			if errors.As(err, &e) {
+				c.sendAlert(e.Alert)
+			} else {
+				t.alert = true
 			}
 			t.closed = true
 			c.abort()
@@ -163,12 +184,16 @@ func (c *conn) openRecords() bool {
 			break
 		}
 		off += used
-		if o.keyUpdate {
-			if c.keyUpdate(); c.state == stClosed {
-				return false
-			}
+		if ask {
+			// Answered once for all that came in this read (Writer.Answer
+			// coalesces until the next application data anyway).
+			t.wbuf = t.wr.Answer(t.wbufOrNew(c.l))
+			asked = true
 		}
-		c.appendIn(o.data)
+		c.appendIn(data)
+	}
+	if asked && !c.answer() {
+		return false
 	}
 	// Keep the record in part at the start.
 	t.raw = t.raw[:copy(t.raw, t.raw[off:])]
@@ -177,15 +202,45 @@ func (c *conn) openRecords() bool {
 		t.raw = nil
 		return true
 	}
-	if len(t.raw) >= recordHeader {
-		if need := recordHeader + (int(t.raw[3])<<8 | int(t.raw[4])); need > cap(t.raw) {
-			grown := make([]byte, len(t.raw), need)
-			copy(grown, t.raw)
-			c.l.putSmall(t.raw)
-			t.raw = grown
-		}
+	if need := tls13.RecordLen(t.raw); need > cap(t.raw) {
+		grown := make([]byte, len(t.raw), need)
+		copy(grown, t.raw)
+		c.l.putSmall(t.raw)
+		t.raw = grown
 	}
 	return true
+}
+
+// answer writes a KeyUpdate answer sealed after what was pending, at
+// once, as crypto/tls does (RFC 8446 section 4.6.3: before any more
+// application data; the records sealed before it under the old key go
+// first, and what c.out holds is sealed later, under the new one). If
+// that empties what was pending, drained tells readable to go on as a
+// flush that empties it does: a backend paused for this client resumes
+// (it stalled until its read timeout, issue 16 item 11). False if c was
+// closed.
+func (c *conn) answer() bool {
+	t := c.tls
+	if !c.writeWbuf() {
+		return false
+	}
+	if t.wR == len(t.wbuf) {
+		t.drained = true
+	}
+	return true
+}
+
+// afterAnswer does what a write that empties the pending output does, after
+// answer emptied it while records were being opened.
+func (c *conn) afterAnswer() {
+	t := c.tls
+	if t == nil || !t.drained {
+		return
+	}
+	t.drained = false
+	if c.state != stClosed && !c.pending() {
+		c.written()
+	}
 }
 
 // appendIn appends application data to c.in.
@@ -213,18 +268,6 @@ func (c *conn) appendIn(p []byte) {
 	c.inW += copy(c.in[c.inW:], p)
 }
 
-// keyUpdate answers a client's KeyUpdate that asks for one, at once: a
-// response held back in c.out follows it under the new key.
-func (c *conn) keyUpdate() {
-	t := c.tls
-	t.wbuf = t.wr.seal(t.wbufOrNew(c.l), keyUpdateMsg, recordHandshake)
-	if err := t.wr.update(); err != nil {
-		t.closed = true
-		return
-	}
-	c.writeWbuf()
-}
-
 func (t *tlsConn) wbufOrNew(l *loop) []byte {
 	if t.wbuf == nil {
 		t.wbuf = l.getBig()[:0]
@@ -238,7 +281,7 @@ func (t *tlsConn) wbufOrNew(l *loop) []byte {
 func (c *conn) sealOut() {
 	t := c.tls
 	if c.outR < len(c.out) {
-		t.wbuf = t.wr.seal(t.wbufOrNew(c.l), c.out[c.outR:], recordAppData)
+		t.wbuf = t.wr.Seal(t.wbufOrNew(c.l), c.out[c.outR:])
 		c.outR = len(c.out)
 	}
 }
@@ -277,7 +320,7 @@ func (c *conn) sendTLS(p []byte) bool {
 	c.x.committed = true
 	c.sealOut()
 	t := c.tls
-	t.wbuf = t.wr.seal(t.wbufOrNew(c.l), p, recordAppData)
+	t.wbuf = t.wr.Seal(t.wbufOrNew(c.l), p)
 	return c.flushTLS()
 }
 
@@ -294,17 +337,34 @@ func (c *conn) pending() bool {
 	return c.outR < len(c.out) || (c.tls != nil && c.tls.wR < len(c.tls.wbuf))
 }
 
-// sendAlert writes a fatal alert (or close_notify) if nothing else is
-// waiting to be written; best effort, the connection is closing.
-func (c *conn) sendAlert(desc byte) {
+// sendAlert seals an alert (close_notify, or a fatal one) after what is
+// pending and makes one attempt to write it all; best effort, the
+// connection is closing.
+func (c *conn) sendAlert(a tls13.Alert) {
 	t := c.tls
-	if t == nil || t.alert || t.wR < len(t.wbuf) || c.fd < 0 {
+	if t == nil || t.alert || c.fd < 0 {
 		return
 	}
 	t.alert = true
-	var buf [64]byte
-	rec := t.wr.alertRecord(buf[:0], desc)
-	_, _ = sysWrite(c.fd, rec)
+	t.wbuf = t.wr.Alert(t.wbufOrNew(c.l), a)
+	for t.wR < len(t.wbuf) {
+		n, err := sysWrite(c.fd, t.wbuf[t.wR:])
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return
+		}
+		t.wR += n
+	}
+}
+
+// cutShort ends a response that was cut short (its backend failed after
+// part of it went out) with an internal_error alert instead of the
+// close_notify that would tell the client it is complete: with a body
+// delimited by the close, the client could not tell otherwise.
+func (c *conn) cutShort() {
+	c.sendAlert(tls13.AlertInternalError)
 }
 
 // releaseTLS returns c's TLS buffers.
@@ -331,15 +391,15 @@ type recordConn struct {
 	state tls.ConnectionState
 
 	rmu  sync.Mutex
-	rd   *halfConn
+	rd   *tls13.Reader
 	pre  []byte // plaintext opened, not read yet
 	raw  []byte // ciphertext not opened yet
 	rerr error
 
 	wmu    sync.Mutex
-	wr     *halfConn
+	wr     *tls13.Writer
 	wbuf   []byte
-	wclose bool // close_notify sent
+	wclose bool // close_notify or a fatal alert sent
 }
 
 // ConnectionState is the handshake's state (see TLSConnectionState).
@@ -352,21 +412,21 @@ func (c *recordConn) Read(p []byte) (int, error) {
 		if c.rerr != nil {
 			return 0, c.rerr
 		}
-		used, o, err := c.rd.openRecord(c.raw)
+		used, data, asked, err := c.rd.Open(c.raw)
 		switch {
-		case err == errCloseNotify:
+		case err == io.EOF:
 			c.rerr = io.EOF
 			continue
 		case err != nil:
-			var a *tlsAlert
-			if errors.As(err, &a) {
-				c.writeRecord([]byte{2, a.desc}, recordAlert)
+			var e *tls13.Error
+			if errors.As(err, &e) {
+				c.alert(e.Alert)
 			}
 			c.rerr = err
 			continue
 		case used == 0:
-			if len(c.raw) == cap(c.raw) {
-				grown := make([]byte, len(c.raw), max(4096, 2*cap(c.raw), recordHeader+maxCiphertext))
+			if need := max(tls13.RecordLen(c.raw), len(c.raw)+1); need > cap(c.raw) {
+				grown := make([]byte, len(c.raw), max(4096, 2*cap(c.raw), need))
 				copy(grown, c.raw)
 				c.raw = grown
 			}
@@ -383,12 +443,16 @@ func (c *recordConn) Read(p []byte) (int, error) {
 			}
 			continue
 		}
-		c.pre = append(c.pre[:0], o.data...)
+		c.pre = append(c.pre[:0], data...)
 		c.raw = c.raw[:copy(c.raw, c.raw[used:])]
-		if o.keyUpdate {
+		if asked {
+			// Written at once, as crypto/tls does: a client that does not
+			// read blocks this Read then, so answers do not pile up.
 			c.wmu.Lock()
-			c.writeRecordLocked(keyUpdateMsg, recordHandshake)
-			_ = c.wr.update()
+			if !c.wclose {
+				c.wbuf = c.wr.Answer(c.wbuf[:0])
+				_, _ = c.Conn.Write(c.wbuf)
+			}
 			c.wmu.Unlock()
 		}
 	}
@@ -403,26 +467,16 @@ func (c *recordConn) Write(p []byte) (int, error) {
 	if c.wclose {
 		return 0, net.ErrClosed
 	}
-	if err := c.writeRecordLocked(p, recordAppData); err != nil {
+	c.wbuf = c.wr.Seal(c.wbuf[:0], p)
+	if _, err := c.Conn.Write(c.wbuf); err != nil {
 		return 0, err
 	}
 	return len(p), nil
 }
 
-func (c *recordConn) writeRecord(p []byte, typ byte) {
-	c.wmu.Lock()
-	defer c.wmu.Unlock()
-	_ = c.writeRecordLocked(p, typ)
-}
-
-func (c *recordConn) writeRecordLocked(p []byte, typ byte) error {
-	c.wbuf = c.wr.seal(c.wbuf[:0], p, typ)
-	_, err := c.Conn.Write(c.wbuf)
-	return err
-}
-
-// closeNotify sends close_notify once, waiting at most as crypto/tls does.
-func (c *recordConn) closeNotify() {
+// alert sends alert a once, waiting at most as crypto/tls does; nothing
+// is written after it.
+func (c *recordConn) alert(a tls13.Alert) {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
 	if c.wclose {
@@ -430,13 +484,14 @@ func (c *recordConn) closeNotify() {
 	}
 	c.wclose = true
 	_ = c.Conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
-	_ = c.writeRecordLocked([]byte{1, alertCloseNotify}, recordAlert)
+	c.wbuf = c.wr.Alert(c.wbuf[:0], a)
+	_, _ = c.Conn.Write(c.wbuf)
 	_ = c.Conn.SetWriteDeadline(time.Time{})
 }
 
 // CloseWrite sends close_notify and closes the sending side.
 func (c *recordConn) CloseWrite() error {
-	c.closeNotify()
+	c.alert(alertCloseNotify)
 	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
 		return cw.CloseWrite()
 	}
@@ -444,6 +499,6 @@ func (c *recordConn) CloseWrite() error {
 }
 
 func (c *recordConn) Close() error {
-	c.closeNotify()
+	c.alert(alertCloseNotify)
 	return c.Conn.Close()
 }

@@ -14,29 +14,39 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/batonproxy/baton/proxy/epoll/internal/tls13"
 )
 
 // tlsFront accepts the connections of a TLS listener and runs each
 // handshake on a goroutine of its own, with crypto/tls. A TLS 1.3
-// connection that chose HTTP/1.1 and an AES-GCM suite then moves into a
-// loop, which protects its records itself (tls13.go); every other one
-// (HTTP/2, TLS 1.2, ChaCha20-Poly1305) goes to the Fallback as the
-// *tls.Conn it is.
+// connection that chose HTTP/1.1 (any of TLS 1.3's three suites) then
+// moves into a loop, which protects its records itself (internal/tls13);
+// every other one (HTTP/2, TLS 1.2) goes to the Fallback as the *tls.Conn
+// it is.
 type tlsFront struct {
 	s    *Server
 	ln   net.Listener
 	cfg  *tls.Config // the handshakes': base with configFor
 	next atomic.Uint32
-	wg   sync.WaitGroup // the accept loop and the handshakes
+	// handed counts the connections the front gave to the Fallback as
+	// *tls.Conn (HTTP/2, TLS 1.2, ...), for tests.
+	handed atomic.Int64
+	wg     sync.WaitGroup // the accept loop and the handshakes
 
-	mu     sync.Mutex
-	hs     map[net.Conn]struct{} // in their handshake
-	closed bool                  // the loops are gone
-	wake   chan struct{}         // a connection closed (for MaxConns)
+	mu       sync.Mutex
+	hs       map[net.Conn]struct{} // in their handshake
+	closed   bool                  // the loops are gone
+	wake     chan struct{}         // a connection closed (for MaxConns)
+	stop     chan struct{}         // closed when the drain begins or the loops are gone
+	stopOnce sync.Once
+	fdWait   int       // connections waiting for a file descriptor (dupWaiting)
+	fdWaited int       // in this episode
+	fdSince  time.Time // when it began
 }
 
 func newTLSFront(s *Server, ln net.Listener) *tlsFront {
-	f := &tlsFront{s: s, ln: ln, hs: map[net.Conn]struct{}{}, wake: make(chan struct{}, 1)}
+	f := &tlsFront{s: s, ln: ln, hs: map[net.Conn]struct{}{}, wake: make(chan struct{}, 1), stop: make(chan struct{})}
 	base := s.TLSConfig
 	// A shallow copy that only picks each connection's Config: base
 	// itself (its session ticket keys, rotated by whoever owns it) stays
@@ -85,6 +95,10 @@ func (f *tlsFront) serve() {
 
 func (f *tlsFront) stopped() bool { return f.s.draining.Load() }
 
+// stopWaiting ends the waits of the connections out of descriptors: the
+// drain began.
+func (f *tlsFront) stopWaiting() { f.stopOnce.Do(func() { close(f.stop) }) }
+
 // connClosed wakes an accept loop paused at MaxConns.
 func (f *tlsFront) connClosed() {
 	select {
@@ -96,6 +110,7 @@ func (f *tlsFront) connClosed() {
 // closeHandshakes closes the connections still in their handshake and
 // makes later ones close when it ends: the loops are gone.
 func (f *tlsFront) closeHandshakes() {
+	f.stopWaiting()
 	f.mu.Lock()
 	f.closed = true
 	for c := range f.hs {
@@ -125,9 +140,20 @@ func (f *tlsFront) handshake(nc net.Conn) {
 	}
 	_ = nc.SetDeadline(time.Time{})
 	if ts := f.loopState(tc, hc); ts != nil {
-		fd, err := dupConn(nc)
+		fd, err := f.dupWaiting(nc)
+		if errors.Is(err, errDraining) {
+			// Out of descriptors until the drain began: net/http serves
+			// it, as the drain wants.
+			hc.limit = false
+			f.handed.Add(1)
+			s.handOver(tc)
+			return
+		}
 		nc.Close() // the loop's copy of the descriptor keeps the socket
 		if err != nil {
+			if s.ErrorLog != nil {
+				s.ErrorLog.Printf("epoll: TLS connection from %s not moved into a loop: %v", nc.RemoteAddr(), err)
+			}
 			s.connClosed()
 			return
 		}
@@ -139,6 +165,7 @@ func (f *tlsFront) handshake(nc net.Conn) {
 		return
 	}
 	hc.limit = false
+	f.handed.Add(1)
 	s.handOver(tc)
 }
 
@@ -172,7 +199,7 @@ func (f *tlsFront) loopState(tc *tls.Conn, hc *hsConn) *tlsConn {
 	if st.Version != tls.VersionTLS13 || st.NegotiatedProtocol == "h2" || hc.left != 0 || hc.overflow {
 		return nil
 	}
-	suite, ok := loopSuite(st.CipherSuite)
+	suite, ok := tls13.SuiteByID(st.CipherSuite)
 	if !ok {
 		return nil
 	}
@@ -180,42 +207,101 @@ func (f *tlsFront) loopState(tc *tls.Conn, hc *hsConn) *tlsConn {
 	if sec.client == nil || sec.server == nil {
 		return nil
 	}
-	wr, err := newHalfConn(suite, sec.server, 0)
-	if err != nil {
-		return nil
-	}
 	// The records the server protected with its application secret
 	// during the handshake (the session ticket) are counted by opening
 	// them: no assumption on how many crypto/tls sends.
-	seq, ok := countSealed(wr, hc.sent)
+	seq, ok := tls13.SealedBy(suite, sec.server, hc.sent)
 	if !ok {
 		return nil
 	}
-	wr.seq = seq
-	rd, err := newHalfConn(suite, sec.client, 0)
+	wr, err := tls13.NewWriter(suite, sec.server, seq)
+	if err != nil {
+		return nil
+	}
+	rd, err := tls13.NewReader(suite, sec.client)
 	if err != nil {
 		return nil
 	}
 	return &tlsConn{rd: rd, wr: wr, state: st, raw: slices.Clone(hc.buf[hc.r:hc.w])}
 }
 
-// countSealed counts the records at the end of sent that h's key opens,
-// with sequence numbers from 0; false if they are not all at the end.
-func countSealed(h *halfConn, sent [][]byte) (uint64, bool) {
-	var seq uint64
-	var nonce [12]byte
-	for _, rec := range sent {
-		h.seq = seq
-		h.nonce(&nonce)
-		if _, err := h.aead.Open(nil, nonce[:], rec[recordHeader:], rec[:recordHeader]); err != nil {
-			if seq > 0 {
-				return 0, false
-			}
-			continue
-		}
-		seq++
+// Bounds of the wait for a file descriptor (dupWaiting), as
+// handoff.KeepAccepting's between failed accepts.
+const (
+	fdWaitMin = 5 * time.Millisecond
+	fdWaitMax = time.Second
+)
+
+var errDraining = errors.New("epoll: draining")
+
+// dupWaiting copies nc's descriptor for a loop. Out of descriptors
+// (EMFILE, ENFILE, ENOMEM), the connection waits, as one in the listen
+// backlog does, and the copy is tried again (5 ms, doubling up to 1 s),
+// until it works, or until the drain begins (errDraining: the caller hands
+// the connection to the Fallback) or the loops are gone. The episode is
+// logged as a failed accept is (handoff.KeepAccepting): once when
+// connections begin to wait, once when none waits any more.
+func (f *tlsFront) dupWaiting(nc net.Conn) (int, error) {
+	fd, err := dupConn(nc)
+	if err == nil || !outOfFDs(err) {
+		return fd, err
 	}
-	return seq, true
+	f.fdWaiting(1, err)
+	defer f.fdWaiting(-1, nil)
+	wait := fdWaitMin
+	for {
+		t := time.NewTimer(wait)
+		select {
+		case <-t.C:
+		case <-f.stop:
+			t.Stop()
+		}
+		f.mu.Lock()
+		closed := f.closed
+		f.mu.Unlock()
+		switch {
+		case closed:
+			return -1, err
+		case f.stopped():
+			return -1, errDraining
+		}
+		if fd, err = dupConn(nc); err == nil || !outOfFDs(err) {
+			return fd, err
+		}
+		wait = min(2*wait, fdWaitMax)
+	}
+}
+
+// outOfFDs reports whether err says the process or the system is out of
+// file descriptors (or of the memory for one) for now.
+func outOfFDs(err error) bool {
+	return errors.Is(err, unix.EMFILE) || errors.Is(err, unix.ENFILE) || errors.Is(err, unix.ENOMEM)
+}
+
+// fdWaiting counts the connections that wait for a descriptor (d: +1 when
+// one begins, -1 when it ends) and logs the start and the end of an
+// episode.
+func (f *tlsFront) fdWaiting(d int, err error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.fdWait += d
+	log := f.s.Logger
+	if log == nil {
+		return
+	}
+	switch {
+	case d > 0 && f.fdWait == 1:
+		f.fdSince, f.fdWaited = time.Now(), 0
+		log.Warn("cannot move TLS connections into the loops (out of file descriptors); they wait until it works",
+			"listener", f.ln.Addr().String(), "err", err)
+	case d > 0:
+	case f.fdWait == 0:
+		log.Info("moving TLS connections into the loops again", "listener", f.ln.Addr().String(),
+			"waited", f.fdWaited, "for", time.Since(f.fdSince).Round(time.Millisecond))
+	}
+	if d > 0 {
+		f.fdWaited++
+	}
 }
 
 // dupConn returns a copy of c's descriptor (non-blocking, as Go set it).
@@ -285,10 +371,10 @@ func (c *hsConn) Read(p []byte) (int, error) {
 		return c.Conn.Read(p)
 	}
 	if c.left == 0 {
-		if err := c.fill(recordHeader); err != nil {
+		if err := c.fill(tls13.HeaderLen); err != nil {
 			return 0, err
 		}
-		c.left = recordHeader + int(binary.BigEndian.Uint16(c.buf[c.r+3:]))
+		c.left = tls13.HeaderLen + int(binary.BigEndian.Uint16(c.buf[c.r+3:]))
 	}
 	if c.r == c.w {
 		if err := c.fill(1); err != nil {
@@ -337,12 +423,12 @@ func (c *hsConn) capture(p []byte) {
 		return
 	}
 	b := append(c.wpart, p...)
-	for len(b) >= recordHeader {
-		n := recordHeader + int(binary.BigEndian.Uint16(b[3:5]))
+	for len(b) >= tls13.HeaderLen {
+		n := tls13.HeaderLen + int(binary.BigEndian.Uint16(b[3:5]))
 		if len(b) < n {
 			break
 		}
-		if b[0] == recordAppData {
+		if b[0] == 23 { // application data: protected
 			c.sent = append(c.sent, slices.Clone(b[:n]))
 		}
 		b = b[n:]
