@@ -2,8 +2,12 @@ package fleet
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
+	"net"
+	"net/url"
+	"os"
 	"strings"
 	"sync"
 	"time"
@@ -13,6 +17,8 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
 	"go.uber.org/zap"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 var _ Coordinator = (*Etcd)(nil)
@@ -25,6 +31,8 @@ var _ Coordinator = (*Etcd)(nil)
 // succeeds and calls fail within their ctx.
 type Etcd struct {
 	cli    *clientv3.Client
+	eps    []string
+	tls    *tls.Config
 	prefix string
 	name   string // "etcd [endpoints]", for errors
 
@@ -54,7 +62,7 @@ func NewEtcd(c *Config) (*Etcd, error) {
 	if err != nil {
 		return nil, fmt.Errorf("fleet: etcd %s: %w", strings.Join(c.Etcd, ","), err)
 	}
-	return &Etcd{cli: cli, prefix: c.Prefix, name: "etcd " + strings.Join(c.Etcd, ",")}, nil
+	return &Etcd{cli: cli, eps: c.Etcd, tls: cfg.TLS, prefix: c.Prefix, name: "etcd " + strings.Join(c.Etcd, ",")}, nil
 }
 
 // String is "etcd " and the endpoints.
@@ -62,14 +70,112 @@ func (e *Etcd) String() string { return e.name }
 
 func (e *Etcd) errf(what string, err error) error {
 	if errors.Is(err, context.DeadlineExceeded) {
-		err = fmt.Errorf("no answer in time (%w)", err)
+		// why: the client waits for a connection until the deadline and
+		// keeps the reason to itself; find it out.
+		if why := e.diagnose(); why != "" {
+			err = fmt.Errorf("no answer in time (%w): %s", err, why)
+		} else {
+			err = fmt.Errorf("no answer in time (%w)", err)
+		}
 	}
 	return fmt.Errorf("fleet: %s: %s: %w", e.name, what, err)
 }
 
+// unary runs one request, and sends it again if an attempt times out (or
+// etcd answers that it has no leader) while ctx has time left: a request
+// in flight when etcd's leader dies is lost and waits out its timeout,
+// where the same request sent again is answered by the new leader within
+// an election timeout. Each attempt has a third of the time left (at
+// least minAttempt). Only requests that may be repeated go through it.
+func unary(ctx context.Context, fn func(context.Context) error) error {
+	dl, ok := ctx.Deadline()
+	if !ok {
+		return fn(ctx)
+	}
+	for {
+		actx, cancel := context.WithTimeout(ctx, max(time.Until(dl)/3, minAttempt))
+		err := fn(actx)
+		cancel()
+		if err == nil || ctx.Err() != nil || !retryable(err) || time.Until(dl) < minAttempt/5 {
+			return err
+		}
+	}
+}
+
+const minAttempt = 500 * time.Millisecond
+
+func retryable(err error) bool {
+	for _, e := range []error{context.DeadlineExceeded, rpctypes.ErrNoLeader, rpctypes.ErrLeaderChanged, rpctypes.ErrTimeout,
+		rpctypes.ErrTimeoutDueToLeaderFail, rpctypes.ErrTimeoutDueToConnectionLost, rpctypes.ErrUnhealthy} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return status.Code(err) == codes.Unavailable || status.Code(err) == codes.DeadlineExceeded
+}
+
+// diagnose connects to each endpoint as the client would (TCP, then TLS
+// with the client's certificate, then the HTTP/2 preface, to which a
+// server that refuses the certificate answers with its alert) and says
+// what fails, within about a second; "" if every endpoint answers.
+func (e *Etcd) diagnose() string {
+	out := make([]string, len(e.eps))
+	var wg sync.WaitGroup
+	for i, ep := range e.eps {
+		wg.Go(func() {
+			if err := e.probe(ep); err != nil {
+				out[i] = ep + ": " + err.Error()
+			}
+		})
+	}
+	wg.Wait()
+	var bad []string
+	for _, s := range out {
+		if s != "" {
+			bad = append(bad, s)
+		}
+	}
+	return strings.Join(bad, "; ")
+}
+
+func (e *Etcd) probe(ep string) error {
+	u, err := url.Parse(ep)
+	if err != nil {
+		return err
+	}
+	deadline := time.Now().Add(time.Second)
+	conn, err := net.DialTimeout("tcp", u.Host, time.Second)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(deadline)
+	if u.Scheme != "https" {
+		return nil
+	}
+	tc := e.tls.Clone()
+	tc.ServerName = u.Hostname()
+	tc.NextProtos = []string{"h2"}
+	t := tls.Client(conn, tc)
+	if err := t.Handshake(); err != nil {
+		return err
+	}
+	if _, err := t.Write([]byte("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")); err != nil {
+		return err
+	}
+	if _, err := t.Read(make([]byte, 64)); err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+		return err
+	}
+	return nil
+}
+
 // Grant makes a new lease.
 func (e *Etcd) Grant(ctx context.Context, ttl time.Duration) (Lease, error) {
-	resp, err := e.cli.Grant(ctx, ttlSeconds(ttl))
+	var resp *clientv3.LeaseGrantResponse
+	err := unary(ctx, func(ctx context.Context) (err error) {
+		resp, err = e.cli.Grant(ctx, ttlSeconds(ttl))
+		return err
+	})
 	if err != nil {
 		return nil, e.errf("grant a lease", err)
 	}
@@ -78,7 +184,11 @@ func (e *Etcd) Grant(ctx context.Context, ttl time.Duration) (Lease, error) {
 
 // Resume takes over the keepalive of lease id, if it still lives.
 func (e *Etcd) Resume(ctx context.Context, id LeaseID, ttl time.Duration) (Lease, error) {
-	resp, err := e.cli.TimeToLive(ctx, clientv3.LeaseID(id))
+	var resp *clientv3.LeaseTimeToLiveResponse
+	err := unary(ctx, func(ctx context.Context) (err error) {
+		resp, err = e.cli.TimeToLive(ctx, clientv3.LeaseID(id))
+		return err
+	})
 	if err != nil {
 		if errors.Is(err, rpctypes.ErrLeaseNotFound) {
 			return nil, ErrLeaseGone
@@ -101,7 +211,11 @@ func (e *Etcd) session(id clientv3.LeaseID, ttl time.Duration) (Lease, error) {
 
 // Revoke ends lease id.
 func (e *Etcd) Revoke(ctx context.Context, id LeaseID) error {
-	if _, err := e.cli.Revoke(ctx, clientv3.LeaseID(id)); err != nil && !errors.Is(err, rpctypes.ErrLeaseNotFound) {
+	err := unary(ctx, func(ctx context.Context) error {
+		_, err := e.cli.Revoke(ctx, clientv3.LeaseID(id))
+		return err
+	})
+	if err != nil && !errors.Is(err, rpctypes.ErrLeaseNotFound) {
 		return e.errf(fmt.Sprintf("revoke lease %x", id), err)
 	}
 	return nil
@@ -113,7 +227,11 @@ func (e *Etcd) Put(ctx context.Context, key string, value []byte, lease LeaseID)
 	if lease != 0 {
 		opts = append(opts, clientv3.WithLease(clientv3.LeaseID(lease)))
 	}
-	if _, err := e.cli.Put(ctx, e.prefix+key, string(value), opts...); err != nil {
+	err := unary(ctx, func(ctx context.Context) error {
+		_, err := e.cli.Put(ctx, e.prefix+key, string(value), opts...)
+		return err
+	})
+	if err != nil {
 		if errors.Is(err, rpctypes.ErrLeaseNotFound) {
 			return fmt.Errorf("fleet: put %s: %w", key, ErrLeaseGone)
 		}
@@ -124,7 +242,11 @@ func (e *Etcd) Put(ctx context.Context, key string, value []byte, lease LeaseID)
 
 // Get reads a key.
 func (e *Etcd) Get(ctx context.Context, key string) (KV, bool, error) {
-	resp, err := e.cli.Get(ctx, e.prefix+key)
+	var resp *clientv3.GetResponse
+	err := unary(ctx, func(ctx context.Context) (err error) {
+		resp, err = e.cli.Get(ctx, e.prefix+key)
+		return err
+	})
 	if err != nil {
 		return KV{}, false, e.errf("get "+key, err)
 	}
@@ -140,7 +262,11 @@ func (e *Etcd) kv(k *mvccpb.KeyValue) KV {
 
 // List reads a directory.
 func (e *Etcd) List(ctx context.Context, dir string) ([]KV, int64, error) {
-	resp, err := e.cli.Get(ctx, e.prefix+dir, clientv3.WithPrefix())
+	var resp *clientv3.GetResponse
+	err := unary(ctx, func(ctx context.Context) (err error) {
+		resp, err = e.cli.Get(ctx, e.prefix+dir, clientv3.WithPrefix())
+		return err
+	})
 	if err != nil {
 		return nil, 0, e.errf("list "+dir, err)
 	}
@@ -153,7 +279,11 @@ func (e *Etcd) List(ctx context.Context, dir string) ([]KV, int64, error) {
 
 // Delete removes a key.
 func (e *Etcd) Delete(ctx context.Context, key string) error {
-	if _, err := e.cli.Delete(ctx, e.prefix+key); err != nil {
+	err := unary(ctx, func(ctx context.Context) error {
+		_, err := e.cli.Delete(ctx, e.prefix+key)
+		return err
+	})
+	if err != nil {
 		return e.errf("delete "+key, err)
 	}
 	return nil
@@ -224,7 +354,7 @@ func (e *Etcd) Lock(ctx context.Context, lease Lease, name string, try bool) (He
 	}
 	m := concurrency.NewMutex(l.s, e.prefix+"locks/"+name)
 	if try {
-		if err := m.TryLock(ctx); err != nil {
+		if err := unary(ctx, m.TryLock); err != nil {
 			if errors.Is(err, concurrency.ErrLocked) {
 				return nil, ErrLocked
 			}
@@ -260,10 +390,13 @@ func (h mutexHeld) Release(ctx context.Context) error {
 func (e *Etcd) Acquire(ctx context.Context, lease Lease, name string, limit int) (Held, error) {
 	dir := e.prefix + "sems/" + name + "/"
 	key := fmt.Sprintf("%s%x", dir, lease.ID())
-	_, err := e.cli.Txn(ctx).
-		If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
-		Then(clientv3.OpPut(key, "", clientv3.WithLease(clientv3.LeaseID(lease.ID())))).
-		Commit()
+	err := unary(ctx, func(ctx context.Context) error {
+		_, err := e.cli.Txn(ctx).
+			If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
+			Then(clientv3.OpPut(key, "", clientv3.WithLease(clientv3.LeaseID(lease.ID())))).
+			Commit()
+		return err
+	})
 	if err != nil {
 		return nil, e.errf("semaphore "+name, err)
 	}
@@ -325,7 +458,11 @@ type semHeld struct {
 }
 
 func (h semHeld) Release(ctx context.Context) error {
-	if _, err := h.e.cli.Delete(ctx, h.key); err != nil {
+	err := unary(ctx, func(ctx context.Context) error {
+		_, err := h.e.cli.Delete(ctx, h.key)
+		return err
+	})
+	if err != nil {
 		return h.e.errf("release "+strings.TrimPrefix(h.key, h.e.prefix), err)
 	}
 	return nil
@@ -363,10 +500,14 @@ type etcdLeader struct {
 }
 
 func (l *etcdLeader) Put(ctx context.Context, key string, value []byte) error {
-	resp, err := l.e.cli.Txn(ctx).
-		If(clientv3.Compare(clientv3.CreateRevision(l.el.Key()), "=", l.el.Rev())).
-		Then(clientv3.OpPut(l.e.prefix+key, string(value))).
-		Commit()
+	var resp *clientv3.TxnResponse
+	err := unary(ctx, func(ctx context.Context) (err error) {
+		resp, err = l.e.cli.Txn(ctx).
+			If(clientv3.Compare(clientv3.CreateRevision(l.el.Key()), "=", l.el.Rev())).
+			Then(clientv3.OpPut(l.e.prefix+key, string(value))).
+			Commit()
+		return err
+	})
 	if err != nil {
 		return l.e.errf("put "+key, err)
 	}
