@@ -40,9 +40,10 @@ deps:
 
 # What the tests use besides the servers: dpkg installs the package,
 # systemd-analyze (package systemd) verifies its unit, whose Documentation=
-# man:baton(1) it checks with man (man-db); chromium loads the status page.
+# man:baton(1) it checks with man (man-db); chromium loads the status page;
+# etcd-server runs the etcd clusters of backends/fleet's tests.
 deps-test: deps
-	$(call need,dpkg systemd gzip man-db chromium)
+	$(call need,dpkg systemd gzip man-db chromium etcd-server)
 
 deps-bench:
 	$(call need,apache2 lighttpd wrk haproxy nginx-light nghttp2-client strace)

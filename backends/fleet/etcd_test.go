@@ -137,6 +137,9 @@ func (c *cluster) start(i int, initial string) {
 		"--initial-cluster", initial,
 		"--initial-cluster-token", filepath.Base(c.dir),
 		"--initial-cluster-state", "new",
+		// why: the data dies with the test; fsync on a shared machine
+		// only slows every request down.
+		"--unsafe-no-fsync",
 		"--heartbeat-interval", "50",
 		"--election-timeout", "500",
 		"--logger", "zap",
@@ -212,7 +215,9 @@ func (c *cluster) endpoints() []string {
 
 // config is a member's fleet configuration on this cluster.
 func (c *cluster) config(name string) Config {
-	cfg := Config{Etcd: c.endpoints(), Name: name, LeaseTTL: 2 * time.Second, CallTimeout: time.Second}
+	// why: short enough that expiry tests are quick, long enough that a
+	// loaded machine (-race, other tests) renews in time.
+	cfg := Config{Etcd: c.endpoints(), Name: name, LeaseTTL: 4 * time.Second, CallTimeout: 2 * time.Second}
 	if c.tls != nil {
 		cfg.CAFile, cfg.CertFile, cfg.KeyFile = c.tls.caFile, c.tls.clientCert, c.tls.clientKey
 	}

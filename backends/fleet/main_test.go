@@ -25,7 +25,7 @@ func TestMain(m *testing.M) {
 // "restart", runs a fleet restart of "web" whose restart never returns;
 // for "hold", it just stays. It says what it does on stdout.
 func helperMain(role string) int {
-	cfg := Config{Etcd: strings.Split(os.Getenv("FLEET_ETCD"), ","), Name: os.Getenv("FLEET_NAME"), LeaseTTL: 2 * time.Second, CallTimeout: time.Second}
+	cfg := Config{Etcd: strings.Split(os.Getenv("FLEET_ETCD"), ","), Name: os.Getenv("FLEET_NAME"), LeaseTTL: 4 * time.Second, CallTimeout: 2 * time.Second}
 	if err := cfg.Normalize(); err != nil {
 		fmt.Println("error", err)
 		return 1

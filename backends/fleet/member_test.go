@@ -298,6 +298,17 @@ func TestRestartAll(t *testing.T) {
 		for _, m := range ms {
 			m.local.set("w2", func(fb *fakeBackend) { fb.healthy = false })
 		}
+		waitFor(t, 5*time.Second, "a sees w2 down on both members", func() bool {
+			down := 0
+			for _, m := range a.f.Status().Members {
+				for _, v := range m.Backends {
+					if v.Name == "w2" && !v.Ready {
+						down++
+					}
+				}
+			}
+			return down == 2
+		})
 		restartDown := func(ctx context.Context, name string) error {
 			if name == "w2" {
 				defer func() {

@@ -26,7 +26,7 @@ func TestEtcdStopped(t *testing.T) {
 		c.stop(i, syscall.SIGTERM)
 	}
 	for _, m := range []*testMember{a, b} {
-		waitFor(t, 10*time.Second, m.name+" degraded", func() bool { return m.f.Status().Degraded })
+		waitFor(t, 15*time.Second, m.name+" degraded", func() bool { return m.f.Status().Degraded })
 		st := m.f.Status()
 		if !strings.Contains(st.Error, "etcd "+c.endpoints()[0]) {
 			t.Errorf("%s: status error %q does not name etcd and its endpoints", m.name, st.Error)

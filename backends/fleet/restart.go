@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"sync"
@@ -143,10 +144,17 @@ func (f *Fleet) restartEverywhere(ctx context.Context, backend string, restart R
 	}
 	// Revoking the operation's lease removes the mark and releases the
 	// locks in one step, whatever happened before.
+	readmitted := false
 	defer func() {
 		rctx, cancel := f.call(context.Background())
 		defer cancel()
-		if rerr := lease.Revoke(rctx); rerr != nil && err == nil {
+		rerr := lease.Revoke(rctx)
+		switch {
+		case rerr == nil:
+		case readmitted:
+			// The mark is gone already; the locks go with the lease.
+			f.log.Warn("fleet: restart locks not released; they go when the lease ends", "backend", backend, "ttl", f.cfg.LeaseTTL, "err", rerr)
+		case err == nil:
 			err = fmt.Errorf("fleet: restart %s: readmit: %w (the mark goes when the lease ends, within %s)", backend, rerr, f.cfg.LeaseTTL)
 		}
 	}()
@@ -225,6 +233,7 @@ func (f *Fleet) restartEverywhere(ctx context.Context, backend string, restart R
 	if err != nil {
 		return err
 	}
+	readmitted = true
 	o.emit(backend, "readmitted", "", members)
 	return nil
 }
@@ -321,6 +330,13 @@ func (f *Fleet) waitMembers(ctx context.Context, o *RestartOptions, lease Lease,
 					}
 				}
 			}
+			_, mine := f.localView(backend)
+			if mine && !slices.Contains(have, f.cfg.Name) {
+				// why: our own record is missing (its lease lapsed, or
+				// not yet republished): with no records at all the wait
+				// would pass for want of anyone to wait for.
+				waiting = append(waiting, f.cfg.Name+" (this member's record is missing)")
+			}
 			if len(waiting) == 0 {
 				return have, nil
 			}
@@ -349,15 +365,7 @@ func (f *Fleet) waitMembers(ctx context.Context, o *RestartOptions, lease Lease,
 // member that has it (if the pool has another), so that a rolling restart
 // never takes out the last ready backend of a pool.
 func (f *Fleet) waitPoolReady(ctx context.Context, o *RestartOptions, lease Lease, backend, pool string) error {
-	var others []string
-	for _, v := range f.local.Backends() {
-		if v.Pool == "" {
-			v.Pool = DefaultPool
-		}
-		if v.Pool == pool && v.Name != backend {
-			others = append(others, v.Name)
-		}
-	}
+	others := f.poolOthers(backend, pool)
 	if len(others) == 0 {
 		return nil
 	}
@@ -367,7 +375,7 @@ func (f *Fleet) waitPoolReady(ctx context.Context, o *RestartOptions, lease Leas
 	for {
 		ms, err := f.listMembers(wctx)
 		if err == nil {
-			for _, name := range others {
+			for name := range others {
 				ready, seen := true, false
 				for _, m := range ms {
 					for _, v := range m.Backends {
@@ -377,12 +385,12 @@ func (f *Fleet) waitPoolReady(ctx context.Context, o *RestartOptions, lease Leas
 						}
 					}
 				}
-				if seen && ready {
+				if seen && ready && f.poolOthers(backend, pool)[name] {
 					return nil
 				}
 			}
 			if !said {
-				o.emit(backend, "wait", fmt.Sprintf("the last ready backend of pool %s: waiting for another (%s)", pool, strings.Join(others, ", ")), nil)
+				o.emit(backend, "wait", fmt.Sprintf("the last ready backend of pool %s: waiting for another (%s)", pool, strings.Join(slices.Sorted(maps.Keys(others)), ", ")), nil)
 				said = true
 			}
 		}
@@ -390,13 +398,28 @@ func (f *Fleet) waitPoolReady(ctx context.Context, o *RestartOptions, lease Leas
 		select {
 		case <-wctx.Done():
 			t.Stop()
-			return fmt.Errorf("fleet: restart %s: %w: it is the last ready backend of pool %s (%s not ready everywhere)", backend, errSkipped, pool, strings.Join(others, ", "))
+			return fmt.Errorf("fleet: restart %s: %w: it is the last ready backend of pool %s (%s not ready everywhere)", backend, errSkipped, pool, strings.Join(slices.Sorted(maps.Keys(others)), ", "))
 		case <-lease.Done():
 			t.Stop()
 			return fmt.Errorf("fleet: restart %s: %w", backend, ErrLeaseGone)
 		case <-t.C:
 		}
 	}
+}
+
+// poolOthers is the other backends of pool here, each with whether it is
+// ready here now (fresher than this member's published record).
+func (f *Fleet) poolOthers(backend, pool string) map[string]bool {
+	others := map[string]bool{}
+	for _, v := range f.local.Backends() {
+		if v.Pool == "" {
+			v.Pool = DefaultPool
+		}
+		if v.Pool == pool && v.Name != backend {
+			others[v.Name] = v.Ready
+		}
+	}
+	return others
 }
 
 // RestartAll restarts every backend of this member with RestartEverywhere,
