@@ -43,6 +43,8 @@ func TestHandoverKeepsMembership(t *testing.T) {
 	waitFor(t, 5*time.Second, "c sees a", func() bool { return slices.Contains(memberNames(third.f.Status()), "a") })
 
 	release := make(chan struct{})
+	releaseOnce := sync.OnceFunc(func() { close(release) })
+	t.Cleanup(releaseOnce) // before the members leave: Leave waits for the restart
 	started := make(chan struct{})
 	type outcome struct {
 		res Result
@@ -94,7 +96,7 @@ func TestHandoverKeepsMembership(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	close(release)
+	releaseOnce()
 	o := <-done
 	if o.err != nil || !o.res.OK {
 		t.Fatalf("restart across the hand-over: %v", o.err)
