@@ -45,8 +45,9 @@ deps:
 # man:baton(1) it checks with man (man-db); chromium loads the status page;
 # logrotate runs the shipped logrotate file; setpriv (util-linux) gives
 # baton the unit's capability bounding set.
+# etcd-server runs the etcd clusters of backends/fleet's tests.
 deps-test: deps
-	$(call need,dpkg systemd gzip man-db chromium logrotate util-linux curl openssl nghttp2-client)
+	$(call need,dpkg systemd gzip man-db chromium logrotate util-linux curl openssl nghttp2-client etcd-server)
 
 deps-bench:
 	$(call need,apache2 lighttpd wrk haproxy nginx-light nghttp2-client strace)
