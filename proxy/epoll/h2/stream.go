@@ -52,7 +52,7 @@ type Stream struct {
 	headersSent bool // a final response header went
 	active      bool // counted in c.nactive: sending a body
 	cycle       uint64
-	cycleBytes  int // output taken in this flush cycle
+	cycleBytes  int  // output taken in this flush cycle
 	endSent     bool // END_STREAM went: half-closed (local)
 
 	announced bool // handed to the loop
