@@ -43,6 +43,8 @@ type Conn struct {
 	lastOK  uint32    // the highest stream ID handed to the loop (or refused after)
 	reset   [16]uint32
 	nreset  int // reset[nreset%len] is next: streams we reset lately, whose frames in flight are ignored
+	gone    [16]uint32
+	ngone   int // the same for streams that closed lately (HEADERS on one is STREAM_CLOSED)
 
 	hb    headerBlock
 	dec   *hpack.Decoder
@@ -123,7 +125,7 @@ func NewConn(cfg *Config) (*Conn, error) {
 	// so response headers are encoded straight from the loop's bytes (as
 	// HAProxy encodes: static table and literals).
 	c.enc.SetMaxDynamicTableSizeLimit(0)
-	c.started = c.now()
+	c.started = c.stamp()
 	c.idleSince = c.started
 	c.writeServerPreface()
 	return c, nil
@@ -186,7 +188,7 @@ func (c *Conn) Feed(p []byte) int {
 // Written. The slice is valid until the next call of any other method.
 func (c *Conn) Output() []byte {
 	if c.outSince == 0 && c.pending() > 0 {
-		c.outSince = c.now() // WriteTimeout runs from here
+		c.outSince = c.stamp() // WriteTimeout runs from here
 	}
 	return c.out[c.outR:]
 }
@@ -207,7 +209,7 @@ func (c *Conn) Written(n int) {
 			c.out = nil // a burst of header blocks: give it back
 		}
 	} else {
-		c.outSince = c.now()
+		c.outSince = c.stamp()
 		if c.outR > len(c.out)/2 && c.outR > 16<<10 {
 			c.out = c.out[:copy(c.out, c.out[c.outR:])]
 			c.outR = 0
@@ -581,6 +583,16 @@ func (c *Conn) wasReset(id uint32) bool {
 	return false
 }
 
+// wasClosed reports whether id is a stream that closed lately.
+func (c *Conn) wasClosed(id uint32) bool {
+	for _, x := range c.gone {
+		if x == id && id != 0 {
+			return true
+		}
+	}
+	return false
+}
+
 // stream finds an open or half-closed stream.
 func (c *Conn) stream(id uint32) *Stream {
 	lo, hi := 0, len(c.streams)
@@ -600,6 +612,8 @@ func (c *Conn) stream(id uint32) *Stream {
 
 // remove takes s out of the stream table.
 func (c *Conn) remove(s *Stream) {
+	c.gone[c.ngone%len(c.gone)] = s.id
+	c.ngone++
 	for i, x := range c.streams {
 		if x == s {
 			copy(c.streams[i:], c.streams[i+1:])
@@ -609,7 +623,7 @@ func (c *Conn) remove(s *Stream) {
 		}
 	}
 	if len(c.streams) == 0 {
-		c.idleSince = c.now()
+		c.idleSince = c.stamp()
 		if !c.closed && (c.state == stateFinal || c.peerGone) {
 			c.end()
 		}
@@ -703,3 +717,6 @@ func (c *Conn) data(fh frameHeader, p []byte) {
 		s.event(EventBody)
 	}
 }
+
+// stamp is the time now as a timer start (never 0, which means none).
+func (c *Conn) stamp() int64 { return max(c.now(), 1) }

@@ -16,7 +16,7 @@ func (c *Conn) Drain() {
 	}
 	c.state = stateGraceful
 	c.writeGoAway(1<<31-1, codeNo)
-	c.drainPingAt = c.now()
+	c.drainPingAt = c.stamp()
 	copy(c.drainPing[:], "baton:dr")
 	c.writePing(false, c.drainPing[:])
 }

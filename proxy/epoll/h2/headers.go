@@ -62,7 +62,7 @@ func (c *Conn) headers(fh frameHeader, p []byte) {
 		frag = frag[5:]
 	}
 	hb := &c.hb
-	*hb = headerBlock{active: true, id: id, endStream: fh.flags&flagEndStream != 0, started: c.now(), bad: selfDep}
+	*hb = headerBlock{active: true, id: id, endStream: fh.flags&flagEndStream != 0, started: c.stamp(), bad: selfDep}
 	if s := c.stream(id); s != nil {
 		// Trailers, or a second HEADERS that is not.
 		hb.s, hb.trailers = s, true
@@ -72,8 +72,13 @@ func (c *Conn) headers(fh frameHeader, p []byte) {
 			hb.bad = true
 		}
 	} else if id <= c.maxID {
-		if !c.wasReset(id) {
+		switch {
+		case c.wasReset(id):
+		case c.wasClosed(id):
 			c.fail(codeStreamClosed, "HEADERS on a closed stream")
+			return
+		default:
+			c.fail(codeProtocol, "stream ID lower than one used already")
 			return
 		}
 		// In flight when we reset it: decoded, dropped.

@@ -2,6 +2,7 @@ package h2
 
 import (
 	"bytes"
+	"time"
 	"testing"
 
 	"golang.org/x/net/http2"
@@ -24,7 +25,7 @@ type peer struct {
 
 func newPeer(t testing.TB, cfg Config) *peer {
 	t.Helper()
-	p := &peer{t: t}
+	p := &peer{t: t, clock: peerEpoch}
 	cfg.Clock = func() int64 { return p.clock }
 	c, err := NewConn(&cfg)
 	if err != nil {
@@ -186,6 +187,9 @@ func (p *peer) events() []evRec {
 	}
 	return evs
 }
+
+// peerEpoch is the peer clock's start.
+const peerEpoch = int64(1000 * time.Second)
 
 type evRec struct {
 	s  *Stream

@@ -41,7 +41,7 @@ func (c *Conn) canSend(s *Stream) bool {
 // wait queues s until it can send.
 func (c *Conn) wait(s *Stream) {
 	if s.waitSince == 0 {
-		s.waitSince = c.now()
+		s.waitSince = c.stamp()
 	}
 	if s.waiting {
 		return
