@@ -2,8 +2,8 @@ package h2
 
 import (
 	"bytes"
-	"time"
 	"testing"
+	"time"
 
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
