@@ -195,6 +195,18 @@ func (c *Conn) endHeaders() {
 		s.abort(codeProtocol, true)
 		return
 	}
+	if string(r.Path()) == "*" && string(r.Method()) == "OPTIONS" {
+		// net/http's server answers it itself (globalOptionsHandler).
+		s.respondSelf(200)
+		return
+	}
+	if r.trailerDecl && !(blk.endStream || r.declLen == 0) || r.trailerDecl && !replayMethod(r.Method()) && !r.idem {
+		// net/http's Transport refuses a Trailer key that is no token.
+		if !r.validTrailerKeys() {
+			s.abort(codeProtocol, true)
+			return
+		}
+	}
 	s.declLen = r.declLen
 	s.head = r.isHead()
 	if blk.endStream {

@@ -58,7 +58,7 @@ func (s *Stream) WriteTrailers(h1 []byte) bool {
 // body.
 func (s *Stream) respondSelf(status int) {
 	s.headersSent = true
-	s.writeHeaderBlock(status, nil, true)
+	s.writeHeaderBlock(status, []byte("Content-Length: 0\r\n"), true)
 	s.closeLocal()
 }
 

@@ -6,6 +6,8 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+
+	"golang.org/x/net/http/httpguts"
 )
 
 // Framing is how a request body travels to the backend.
@@ -22,7 +24,7 @@ const (
 type Forward struct {
 	ClientIP string // appended to X-Forwarded-For
 	Backend  string // host:port, the Host of a request that names none (as net/http's Transport)
-	TLS      bool   // the client connection is TLS: X-Forwarded-Proto https for :scheme https
+	TLS      bool   // the client connection is TLS: X-Forwarded-Proto https (whatever :scheme says, as net/http)
 }
 
 // Head says how the request AppendRequest wrote travels.
@@ -171,7 +173,8 @@ func (s *Stream) AppendRequest(dst []byte, fw *Forward) ([]byte, Head, error) {
 			dst = append(dst, "Content-Length: "...)
 			dst = strconv.AppendInt(dst, cl, 10)
 			dst = append(dst, crlf...)
-		case !(string(meth) == "GET" || string(meth) == "HEAD"):
+		case string(meth) == "POST" || string(meth) == "PUT" || string(meth) == "PATCH":
+			// transferWriter.shouldSendContentLength
 			dst = append(dst, "Content-Length: 0\r\n"...)
 		}
 		dst = append(dst, "Connection: close\r\n"...)
@@ -192,7 +195,7 @@ func (s *Stream) AppendRequest(dst []byte, fw *Forward) ([]byte, Head, error) {
 	}
 	dst = append(dst, "\r\nX-Forwarded-Host: "...)
 	dst = append(dst, host...)
-	if fw.TLS && string(r.Scheme()) == "https" {
+	if fw.TLS {
 		dst = append(dst, "\r\nX-Forwarded-Proto: https\r\n\r\n"...)
 	} else {
 		dst = append(dst, "\r\nX-Forwarded-Proto: http\r\n\r\n"...)
@@ -261,10 +264,20 @@ func removeZone(host string) string {
 	return host[:j] + host[i:]
 }
 
-// appendTrailerDecl writes the Trailer field net/http's Transport writes
-// for the keys x/net/http2's server took from the client's Trailer
-// fields (sorted, each once). It allocates; trailers are rare.
-func appendTrailerDecl(dst []byte, r *Request) []byte {
+// validTrailerKeys reports whether the keys the Trailer fields announce
+// are all tokens (net/http's Transport checks them).
+func (r *Request) validTrailerKeys() bool {
+	for _, k := range r.trailerKeys() {
+		if !httpguts.ValidHeaderFieldName(k) {
+			return false
+		}
+	}
+	return true
+}
+
+// trailerKeys are the keys x/net/http2's server takes from the Trailer
+// fields (canonical, each once, sorted).
+func (r *Request) trailerKeys() []string {
 	var keys []string
 	for _, f := range r.fields[:r.nregular()] {
 		if string(r.arena[f.n:f.v]) != "trailer" {
@@ -281,10 +294,18 @@ func appendTrailerDecl(dst []byte, r *Request) []byte {
 			}
 		}
 	}
+	slices.Sort(keys)
+	return keys
+}
+
+// appendTrailerDecl writes the Trailer field net/http's Transport writes
+// for the keys x/net/http2's server took from the client's Trailer
+// fields (sorted, each once). It allocates; trailers are rare.
+func appendTrailerDecl(dst []byte, r *Request) []byte {
+	keys := r.trailerKeys()
 	if len(keys) == 0 {
 		return dst
 	}
-	slices.Sort(keys)
 	dst = append(dst, "Trailer: "...)
 	dst = append(dst, strings.Join(keys, ",")...)
 	return append(dst, crlf...)
