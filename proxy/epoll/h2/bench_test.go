@@ -1,6 +1,8 @@
 package h2
 
 import (
+	"bytes"
+	"runtime"
 	"testing"
 
 	"golang.org/x/net/http2"
@@ -74,4 +76,34 @@ func BenchmarkRoundTrip(b *testing.B) {
 			}
 		})
 	}
+}
+
+// TestIdleMemory measures the heap an idle connection holds after a
+// request (HPACK tables included): issue 19 wants 10,000 idle h2 clients
+// at no more than HAProxy's RSS.
+func TestIdleMemory(t *testing.T) {
+	const n = 2000
+	conns := make([]*peer, n)
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	for i := range conns {
+		p := newPeer(t, Config{})
+		p.handshake()
+		p.get(1, "/index.html", true)
+		p.flush()
+		p.serve(true, nil)
+		p.frames()
+		p.fr, p.enc, p.dec = nil, nil, nil // the client's side is not the server's memory
+		p.toCli, p.toSrv, p.hbuf = bytes.Buffer{}, bytes.Buffer{}, bytes.Buffer{}
+		conns[i] = p
+	}
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	per := (after.HeapAlloc - before.HeapAlloc) / n
+	t.Logf("heap per idle connection: %d bytes", per)
+	if per > 16<<10 {
+		t.Errorf("an idle connection holds %d bytes, want at most 16 KiB", per)
+	}
+	runtime.KeepAlive(conns)
 }
