@@ -64,6 +64,16 @@
 //     cannot move is reset INTERNAL_ERROR and reported TimedOut, freeing its
 //     backend; a client that reads nothing at all ends the connection),
 //     DrainTimeout (the final GOAWAY of a drain without the PING answer).
+//   - Where the engine and the net/http plane part, by design (the fuzzer
+//     skips these, see divergent): CONNECT is not forwarded
+//     (ErrUnsupported: the loop answers 501); a content-length that is not
+//     plain digits, disagrees with another, or is above 0 on a request that
+//     ends with its HEADERS is malformed (x/net/http2 ignores it, or takes
+//     0 and drops the body); connection-specific fields and a TE other than
+//     "trailers" get RST_STREAM PROTOCOL_ERROR where x/net/http2 answers
+//     400 (RFC 9113 §8.2.2, h2spec). Carried over from the net/http plane:
+//     OPTIONS * is answered 200 by the engine as net/http's server does;
+//     request trailers are announced to the backend but not sent.
 //   - Drain is RFC 9113 §6.8's: GOAWAY 2^31-1 and a PING, the final GOAWAY
 //     naming the last stream once the PING comes back, streams up to it
 //     finish, none after it is taken; the last stream ID never grows.

@@ -1,6 +1,7 @@
 package h2
 
 import (
+	"bytes"
 	"strconv"
 	"unsafe"
 
@@ -147,22 +148,13 @@ func bstr(b []byte) string { return unsafe.String(unsafe.SliceData(b), len(b)) }
 func nextField(b []byte) (name, v, rest []byte) {
 	line := b
 	rest = nil
-	for i, x := range b {
-		if x == '\n' {
-			line, rest = b[:i], b[i+1:]
-			break
-		}
+	if i := bytes.IndexByte(b, '\n'); i >= 0 {
+		line, rest = b[:i], b[i+1:]
 	}
 	if n := len(line); n > 0 && line[n-1] == '\r' {
 		line = line[:n-1]
 	}
-	colon := -1
-	for i, x := range line {
-		if x == ':' {
-			colon = i
-			break
-		}
-	}
+	colon := bytes.IndexByte(line, ':')
 	if colon <= 0 {
 		return nil, nil, rest
 	}
