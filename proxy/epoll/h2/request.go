@@ -194,6 +194,13 @@ func (r *Request) check() bool {
 	if p[0] != '/' && string(p) != "*" {
 		return false
 	}
+	for _, c := range p {
+		if c == ' ' {
+			// A space stays raw in a query through net/http, and makes
+			// the backend's request line malformed: refused here.
+			return false
+		}
+	}
 	_, err := url.ParseRequestURI(string(p))
 	return err == nil
 }
