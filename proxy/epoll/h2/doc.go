@@ -71,7 +71,7 @@
 //     ends with its HEADERS is malformed (x/net/http2 ignores it, or takes
 //     0 and drops the body); connection-specific fields and a TE other than
 //     "trailers" get RST_STREAM PROTOCOL_ERROR where x/net/http2 answers
-//     400 (RFC 9113 §8.2.2, h2spec); a :path with a space is refused
+//     400 (RFC 9113 §8.2.2, h2spec); a :path with a space in its query is refused
 //     (the net/http plane passes a space in the query on raw, and the
 //     backend gets a malformed request line). Carried over from the net/http plane:
 //     OPTIONS * is answered 200 by the engine as net/http's server does;

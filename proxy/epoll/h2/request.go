@@ -1,6 +1,7 @@
 package h2
 
 import (
+	"bytes"
 	"net/url"
 
 	"golang.org/x/net/http/httpguts"
@@ -194,12 +195,11 @@ func (r *Request) check() bool {
 	if p[0] != '/' && string(p) != "*" {
 		return false
 	}
-	for _, c := range p {
-		if c == ' ' {
-			// A space stays raw in a query through net/http, and makes
-			// the backend's request line malformed: refused here.
-			return false
-		}
+	if q := bytes.IndexByte(p, '?'); q >= 0 && bytes.IndexByte(p[q:], ' ') >= 0 {
+		// A space stays raw in a query through net/http (the path's
+		// become %20), and makes the backend's request line malformed:
+		// refused here.
+		return false
 	}
 	_, err := url.ParseRequestURI(string(p))
 	return err == nil
