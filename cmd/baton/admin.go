@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/batonproxy/baton/backends"
@@ -27,6 +28,8 @@ type adminServer struct {
 	srv  *http.Server
 	ln   net.Listener
 	done chan struct{}
+
+	stopping atomic.Bool // close has closed ln: Serve's accept error is expected
 
 	mu      sync.Mutex
 	open    int           // connections accepted and not closed
@@ -80,7 +83,10 @@ func (i *instance) startAdmin(ln net.Listener) {
 	go func() {
 		defer i.bg.Done()
 		defer close(a.done)
-		if err := a.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		err := a.srv.Serve(ln)
+		// close closes ln itself (see there), so Serve ends with the
+		// accept error of a closed listener, not ErrServerClosed.
+		if err != nil && !errors.Is(err, http.ErrServerClosed) && !(a.stopping.Load() && errors.Is(err, net.ErrClosed)) {
 			i.log.Error("admin listener", "err", err)
 		}
 	}()
@@ -93,6 +99,7 @@ func (i *instance) startAdmin(ln net.Listener) {
 // probe during an upgrade saw EOF).
 func (a *adminServer) close() {
 	a.srv.SetKeepAlivesEnabled(false) // closes idle ones; the rest close after their answer
+	a.stopping.Store(true)
 	_ = a.ln.Close()
 	<-a.done // Serve returned: every accepted connection is counted
 	a.mu.Lock()

@@ -44,7 +44,7 @@ func newLogger(w io.Writer, level slog.Level, format string, events *eventRing) 
 	if events != nil {
 		h = teeHandler{h: h, ring: events}
 	}
-	return slog.New(h).With("pid", os.Getpid())
+	return slog.New(newUniqueKeys(h)).With("pid", os.Getpid())
 }
 
 // server is one listener's data plane: a handoff.Server (net/http) or an
