@@ -35,14 +35,14 @@ import (
 // the next generation.
 const stateFile = "baton.backends"
 
-func newLogger(w io.Writer, level slog.Level, format string, events *eventRing) *slog.Logger {
+func newLogger(w io.Writer, level slog.Level, format string, evts *eventLog) *slog.Logger {
 	opts := &slog.HandlerOptions{Level: level}
 	var h slog.Handler = slog.NewTextHandler(w, opts)
 	if format == "json" {
 		h = slog.NewJSONHandler(w, opts)
 	}
-	if events != nil {
-		h = teeHandler{h: h, ring: events}
+	if evts != nil {
+		h = teeHandler{h: h, evts: evts}
 	}
 	return slog.New(newUniqueKeys(h)).With("pid", os.Getpid())
 }
@@ -71,10 +71,12 @@ type instance struct {
 	mtab   atomic.Pointer[metrics.Table] // shared counters; set in start
 	alog   *accesslog.Log                // nil: no access log
 	admin  *adminServer                  // nil: no admin listener
-	events *eventRing
+	events *eventLog
 
 	restartsMu   sync.Mutex
 	lastRestarts map[string]backends.RestartResult // run by this process
+
+	rates rates // for the status page
 
 	restartAll atomic.Bool
 	bg         sync.WaitGroup // serve loops, health checks, signal handling
@@ -123,7 +125,7 @@ func cmdRun(args []string, stderr io.Writer) int {
 		}
 		runtime.GOMAXPROCS(n)
 	}
-	inst := &instance{cfg: cfg, events: newEventRing(64)}
+	inst := &instance{cfg: cfg, events: newEventLog()}
 	log := newLogger(stderr, level, format, inst.events)
 	hopts.Logger = log
 	hopts.OnUpgrade = inst.recordUpgrade
@@ -133,6 +135,7 @@ func cmdRun(args []string, stderr io.Writer) int {
 		return 1
 	}
 	defer h.Close()
+	inst.events.gen.Store(int64(h.Generation()))
 	log = log.With("generation", h.Generation())
 	if cfgErr != nil {
 		h.Fail(cfgErr)
@@ -196,6 +199,14 @@ func (i *instance) start() error {
 	}
 	mt.Join(h.Generation(), h.Started())
 	i.mtab.Store(mt)
+	evr, lost, err := openEvents(h)
+	if err != nil {
+		return err
+	}
+	i.events.attach(evr)
+	if lost != nil {
+		i.log.Warn("the recent events of the previous generation are lost", "err", lost)
+	}
 	if cfg.AccessLog != "" {
 		i.alog, err = accesslog.Open(accesslog.Options{
 			Path: cfg.AccessLog, Format: cfg.AccessFormat,
@@ -327,6 +338,7 @@ func (i *instance) warnBackends() {
 // runBackground starts health checks and signal handling until ctx ends.
 func (i *instance) runBackground(ctx context.Context) {
 	i.runTickets(ctx)
+	i.runRates(ctx)
 	i.bg.Add(2)
 	go func() {
 		defer i.bg.Done()

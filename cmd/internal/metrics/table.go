@@ -286,6 +286,23 @@ func (t *Table) Observe(e *proxy.Exchange) {
 	}
 }
 
+// Totals is the number of requests proxied by every generation so far
+// and, of those, how many were answered 5xx (by a backend or by baton),
+// to any backend any generation registered.
+func (t *Table) Totals() (requests, errors uint64) {
+	for i := 0; i < maxSlots; i++ {
+		s := t.slotAt(i)
+		if atomic.LoadUint64(&s.claim) != 2 {
+			continue
+		}
+		for c := range s.requests {
+			requests += load(&s.requests[c])
+		}
+		errors += load(&s.requests[5])
+	}
+	return requests, errors
+}
+
 // Step is one timed step of a backend restart, as metrics sees it.
 type Step struct {
 	Name     string
