@@ -134,6 +134,12 @@ func (i *instance) serveMetrics(w http.ResponseWriter, r *http.Request) {
 	live := metrics.Live{
 		Generation: i.h.Generation(), Version: versionString(), GoVersion: runtime.Version(),
 		Started: i.h.Started(), Held: i.px.Stats().Held, Draining: i.h.Draining(),
+		Certificates: certificates(i.cfg),
+	}
+	if p, err := metrics.ReadProcess(); err == nil {
+		live.Process = &p
+	} else {
+		i.log.Debug("process metrics", "err", err)
 	}
 	for _, st := range i.set.Status() {
 		live.Backends = append(live.Backends, metrics.BackendLive{Name: st.Name, State: st.State, InFlight: st.InFlight})

@@ -288,10 +288,12 @@ func (i *instance) newServer(tc *tls.Config, errLog *log.Logger) server {
 		Logger:            i.log,
 		TLSConfig:         tc,
 	}
+	// Both planes hand handoff.Server TLS connections whose handshake
+	// has begun (handshakeListener) or is done (the epoll TLS front).
+	hs.TLSTerminated = tc != nil
 	if cfg.Engine != config.EngineEpoll {
 		return hs
 	}
-	hs.TLSTerminated = tc != nil
 	return &epoll.Server{
 		Handler:           i.px,
 		Loops:             cfg.Threads,
@@ -302,6 +304,7 @@ func (i *instance) newServer(tc *tls.Config, errLog *log.Logger) server {
 		ErrorLog:          errLog,
 		TLSConfig:         tc,
 		Fallback:          hs,
+		OnHandshake:       i.observeHandshake,
 	}
 }
 

@@ -11,6 +11,14 @@
 // read as "nothing counted yet"); a change that cannot be expressed that
 // way needs a new magic.
 //
+// The TLS handshake counters (done, full or resumed; failed, by a small
+// fixed set of reasons: TLSReason, TLSAlertReason) are in the Table too,
+// so both data planes and every generation add into them. The process_*
+// metrics (ReadProcess, from /proc/self, getrusage and getrlimit) are the
+// serving process's, the one that answers the scrape, as Prometheus's own
+// process collector reports them: they start again with each generation,
+// which rate() takes as a process restart.
+//
 // Write renders the Table, plus gauges the caller samples, in the
 // Prometheus text exposition format. It is written by hand: no Prometheus
 // client library can keep its counters in memory shared between processes,

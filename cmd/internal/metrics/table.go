@@ -112,6 +112,10 @@ type global struct {
 	retries        [8]uint64
 	terms          [32]uint64 // requests by proxy.Termination
 	gens           [maxGens]genSlot
+
+	// Appended: TLS handshakes on both planes.
+	tlsHandshakes [2]uint64  // full, resumed
+	tlsFailures   [16]uint64 // by TLS failure reason
 }
 
 // slot is one backend's section.
@@ -131,7 +135,7 @@ func init() {
 	if unsafe.Sizeof(global{}) > globalSize || unsafe.Sizeof(slot{}) > slotSize {
 		panic("metrics: table layout does not fit")
 	}
-	if len(Bounds)+1 > nBuckets || int(proxy.TermUpgraded) >= len(global{}.terms) {
+	if len(Bounds)+1 > nBuckets || int(proxy.TermUpgraded) >= len(global{}.terms) || nTLSReasons > len(global{}.tlsFailures) {
 		panic("metrics: too many buckets or terminations")
 	}
 }
