@@ -1,12 +1,15 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -166,4 +169,76 @@ func skipValue(dec *json.Decoder) error {
 		_, err = dec.Token() // ']'
 	}
 	return err
+}
+
+// TestDrainDeadlineLevel: an upgrade that finds an idle keep-alive client
+// closes its connection at the drain deadline, as designed, and says so
+// at INFO (it logged a WARN on every upgrade a browser was connected for);
+// one that cuts a request in flight at the deadline still says WARN.
+func TestDrainDeadlineLevel(t *testing.T) {
+	lt := backendtest.StartT(t, backendtest.Lighttpd, backendtest.Options{})
+	forEngines(t, func(t *testing.T) {
+		b := startBaton(t, func(dir string) string {
+			return strings.Replace(batonConfig(dir, "", backendTOML("web1", lt.URL)), `drain_timeout = "10s"`, `drain_timeout = "1s"`, 1) +
+				"\n[log]\nformat = \"json\"\n"
+		})
+		addr := b.addr()
+		levels := func(from int) map[string][]string {
+			out := map[string][]string{}
+			for _, line := range strings.Split(b.log(), "\n")[from:] {
+				var obj map[string]any
+				if json.Unmarshal([]byte(line), &obj) == nil {
+					lv, _ := obj["level"].(string)
+					msg, _ := obj["msg"].(string)
+					out[lv] = append(out[lv], msg)
+				}
+			}
+			return out
+		}
+		// An idle keep-alive client.
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		br := bufio.NewReader(c)
+		fmt.Fprintf(c, "GET /small.txt HTTP/1.1\r\nHost: x\r\n\r\n")
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil || resp.StatusCode != 200 {
+			t.Fatalf("request: %v %v", resp, err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+
+		from := len(strings.Split(b.log(), "\n")) - 1
+		pid := b.pid()
+		b.signal(syscall.SIGHUP)
+		pid = b.waitNewPID(pid)
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if n, err := br.Read(make([]byte, 1)); err != io.EOF {
+			t.Errorf("idle connection at the drain deadline: read %d, %v; want EOF", n, err)
+		}
+		waitFor(t, 10*time.Second, "the old generation to exit", func() bool { return len(b.processes()) == 1 })
+		lv := levels(from)
+		if len(lv["WARN"])+len(lv["ERROR"]) > 0 {
+			t.Errorf("an upgrade with an idle client logged %v", lv)
+		}
+		if !slices.Contains(lv["INFO"], "drain deadline: closed idle keep-alive connections") {
+			t.Errorf("no INFO line for the idle connection closed at the deadline: %v", lv)
+		}
+
+		// A request in flight at the deadline is cut: a WARN.
+		slow := slowRequest(addr, 3)
+		waitInFlight(t, b, 1)
+		from = len(strings.Split(b.log(), "\n")) - 1
+		b.signal(syscall.SIGHUP)
+		b.waitNewPID(pid)
+		if err := <-slow; err == nil {
+			t.Error("a 3 s request through an upgrade with drain_timeout 1s was not cut")
+		}
+		waitFor(t, 10*time.Second, "the old generation to exit", func() bool { return len(b.processes()) == 1 })
+		if lv := levels(from); !slices.Contains(lv["WARN"], "drain") {
+			t.Errorf("a request cut at the drain deadline: no WARN drain line: %v", lv)
+		}
+	})
 }

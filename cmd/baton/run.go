@@ -408,17 +408,40 @@ func (i *instance) shutdown() int {
 	if i.ctl != nil {
 		drainers = append(drainers, i.ctl)
 	}
+	// At the drain deadline, before the servers close what is left: were
+	// requests still in flight, or only idle keep-alive connections?
+	// A server that ends with a DeadlineError saw its context end after
+	// at had returned.
+	var once sync.Once
+	var inFlight atomic.Int64
+	inFlight.Store(-1)
+	for k, d := range drainers {
+		drainers[k] = deadlineWatch{Drainer: d, once: &once, at: func() { inFlight.Store(i.inFlight()) }}
+	}
 	t := time.Now()
 	stopWatch := i.watchStops()
 	err := i.h.Shutdown(drainers...)
 	stopWatch()
+	var errs []error
 	var me *multierror.Error
 	if errors.As(err, &me) {
-		for _, e := range me.Errors {
+		errs = me.Errors
+	} else if err != nil {
+		errs = []error{err}
+	}
+	for _, e := range errs {
+		if inFlight.Load() == 0 && onlyDeadline(e) {
+			// Issue 16: an upgrade keeps idle keep-alive connections
+			// until the deadline by design (closing one races with a
+			// request the client may be sending); that is no warning.
+			i.log.Info("drain deadline: closed idle keep-alive connections", "err", e)
+			continue
+		}
+		if n := inFlight.Load(); n >= 0 {
+			i.log.Warn("drain", "err", e, "requests_in_flight", n)
+		} else {
 			i.log.Warn("drain", "err", e)
 		}
-	} else if err != nil {
-		i.log.Warn("drain", "err", err)
 	}
 	i.log.Info("connections drained", "took", time.Since(t).Round(time.Millisecond))
 	if err := i.set.WaitRestarts(context.Background()); err != nil {
@@ -446,4 +469,58 @@ func (i *instance) connections() int {
 		n += s.Connections()
 	}
 	return n
+}
+
+// inFlight is the number of requests in flight in this process: at a
+// backend or held for one.
+func (i *instance) inFlight() int64 {
+	n := i.px.Stats().Held
+	for _, st := range i.set.Status() {
+		n += st.InFlightHere
+	}
+	return n
+}
+
+// deadlineWatch is a handoff.Drainer that, when the drain deadline
+// comes, calls at (once for all the drainers sharing once) before d
+// closes what is left.
+type deadlineWatch struct {
+	handoff.Drainer
+	once *sync.Once
+	at   func()
+}
+
+func (w deadlineWatch) Drain(ctx context.Context) error {
+	inner, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancel()
+	stop := context.AfterFunc(ctx, func() {
+		w.once.Do(w.at)
+		cancel()
+	})
+	defer stop()
+	return w.Drainer.Drain(inner)
+}
+
+// CloseIdle passes a final stop's CloseIdle on (handoff.Shutdown looks
+// for it).
+func (w deadlineWatch) CloseIdle() {
+	if c, ok := w.Drainer.(interface{ CloseIdle() }); ok {
+		c.CloseIdle()
+	}
+}
+
+// onlyDeadline reports whether err is only drain deadline errors (of
+// either plane): connections closed at the deadline.
+func onlyDeadline(err error) bool {
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		for _, e := range j.Unwrap() {
+			if e != nil && !onlyDeadline(e) {
+				return false
+			}
+		}
+		return true
+	}
+	var hd *handoff.DeadlineError
+	var ed *epoll.DeadlineError
+	return errors.As(err, &hd) || errors.As(err, &ed)
 }
