@@ -29,13 +29,31 @@ type observer struct {
 	log   *accesslog.Log // nil: no access log
 	h     *handoff.Handoff
 	gen   int
+	cuts  *drainCuts
 }
 
 func (o *observer) Observe(e *proxy.Exchange) {
+	// cuts.deadline is set before any server closes a connection at the
+	// deadline (deadlineWatch); the Handoff's flag may come a moment
+	// after.
+	cut := o.cuts.deadline.Load() || o.h.DrainCut()
+	if cut && e.Term == proxy.TermClientAborted {
+		o.cuts.n.Add(1)
+	}
 	o.table.Observe(e)
 	if o.log != nil {
-		o.log.Log(e, accesslog.Extra{Generation: o.gen, Draining: o.h.Draining(), DrainCut: o.h.DrainCut()})
+		o.log.Log(e, accesslog.Extra{Generation: o.gen, Draining: o.h.Draining(), DrainCut: cut})
 	}
+}
+
+// drainCuts counts the requests that the drain deadline cut short in this
+// process: those that ended, once it had passed, without the whole
+// response (accesslog's "drained"). Only an observer sees how a request
+// ends; without one (no access log, no admin listener) shutdown goes by
+// the requests in flight at the deadline.
+type drainCuts struct {
+	deadline atomic.Bool  // the drain deadline has passed
+	n        atomic.Int64 // requests cut short since
 }
 
 // openMetrics maps the metrics table inherited from the previous

@@ -78,6 +78,8 @@ type instance struct {
 
 	rates rates // for the status page
 
+	cuts drainCuts // requests the drain deadline cut short (observer)
+
 	restartAll atomic.Bool
 	bg         sync.WaitGroup // serve loops, health checks, signal handling
 }
@@ -219,7 +221,7 @@ func (i *instance) start() error {
 	pcfg := cfg.Proxy
 	pcfg.Logger = i.log
 	if i.alog != nil || cfg.Admin.Listen != "" {
-		pcfg.Observer = &observer{table: mt, log: i.alog, h: h, gen: h.Generation()}
+		pcfg.Observer = &observer{table: mt, log: i.alog, h: h, gen: h.Generation(), cuts: &i.cuts}
 	}
 	i.px = proxy.New(i.set, pcfg)
 	if cfg.Admin.Listen != "" {
@@ -408,20 +410,29 @@ func (i *instance) shutdown() int {
 	if i.ctl != nil {
 		drainers = append(drainers, i.ctl)
 	}
-	// At the drain deadline, before the servers close what is left: were
-	// requests still in flight, or only idle keep-alive connections?
-	// A server that ends with a DeadlineError saw its context end after
-	// at had returned.
+	// At the drain deadline, before the servers close what is left: note
+	// it (so that the observer counts the requests cut from then on) and
+	// how many requests are in flight.
 	var once sync.Once
 	var inFlight atomic.Int64
 	inFlight.Store(-1)
+	at := func() {
+		i.cuts.deadline.Store(true)
+		inFlight.Store(i.inFlight())
+	}
 	for k, d := range drainers {
-		drainers[k] = deadlineWatch{Drainer: d, once: &once, at: func() { inFlight.Store(i.inFlight()) }}
+		drainers[k] = deadlineWatch{Drainer: d, once: &once, at: at}
 	}
 	t := time.Now()
 	stopWatch := i.watchStops()
 	err := i.h.Shutdown(drainers...)
 	stopWatch()
+	if inFlight.Load() > 0 {
+		// The net/http plane's handlers see their connection closed
+		// after Drain returns: let them end their requests (observed,
+		// and in the access log) before counting.
+		i.settleRequests(2 * time.Second)
+	}
 	var errs []error
 	var me *multierror.Error
 	if errors.As(err, &me) {
@@ -430,17 +441,24 @@ func (i *instance) shutdown() int {
 		errs = []error{err}
 	}
 	for _, e := range errs {
-		if inFlight.Load() == 0 && onlyDeadline(e) {
-			// Issue 16: an upgrade keeps idle keep-alive connections
-			// until the deadline by design (closing one races with a
-			// request the client may be sending); that is no warning.
-			i.log.Info("drain deadline: closed idle keep-alive connections", "err", e)
+		if !onlyDeadline(e) {
+			i.log.Warn("drain", "err", e)
 			continue
 		}
-		if n := inFlight.Load(); n >= 0 {
-			i.log.Warn("drain", "err", e, "requests_in_flight", n)
-		} else {
-			i.log.Warn("drain", "err", e)
+		switch cut, n := i.cuts.n.Load(), inFlight.Load(); {
+		case i.px.Observing() && cut > 0:
+			i.log.Warn("drain", "err", e, "requests_cut", cut)
+		case !i.px.Observing() && n > 0:
+			// How they ended is not known: each may have been a stream
+			// that ended by itself before long_drain_timeout.
+			i.log.Warn("drain", "err", e, "requests_in_flight_at_deadline", n)
+		default:
+			// Issue 16: an upgrade keeps idle keep-alive connections
+			// until the deadline by design (closing one races with a
+			// request the client may be sending), and a long-lived
+			// response that ended by itself before long_drain_timeout
+			// was not cut: that is no warning.
+			i.log.Info("drain deadline: closed connections with no request in flight", "err", e)
 		}
 	}
 	i.log.Info("connections drained", "took", time.Since(t).Round(time.Millisecond))
@@ -479,6 +497,15 @@ func (i *instance) inFlight() int64 {
 		n += st.InFlightHere
 	}
 	return n
+}
+
+// settleRequests waits, at most d, until no request is in flight in this
+// process.
+func (i *instance) settleRequests(d time.Duration) {
+	deadline := time.Now().Add(d)
+	for i.inFlight() > 0 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
 }
 
 // deadlineWatch is a handoff.Drainer that, when the drain deadline
