@@ -266,7 +266,11 @@ func (b *Backend) noteHealthy() {
 // generations that died (see reclaim).
 func (b *Backend) globalInflight() int64 {
 	for _, r := range b.slot.reclaim(b.set.gen, b.set.alive) {
-		b.set.warnf("dropped the in-flight count of a dead baton generation", "backend", b.cfg.Name, "pid", r.pid, "requests", r.count)
+		// A generation that exited cleanly leaves its entry at zero: only
+		// one that died with requests counted is worth a warning.
+		if r.count != 0 {
+			b.set.warnf("dropped the in-flight count of a dead baton generation", "backend", b.cfg.Name, "dead_pid", r.pid, "requests", r.count)
+		}
 	}
 	return atomic.LoadInt64(&b.slot.inflight)
 }

@@ -492,7 +492,7 @@ func (h *Handoff) run() {
 			}
 			if r.err == nil {
 				h.replaced.Store(true)
-				h.log.Info("upgrade done: new process is serving", "pid", r.res.PID, "generation", r.res.Generation,
+				h.log.Info("upgrade done: new process is serving", "new_pid", r.res.PID, "new_generation", r.res.Generation,
 					"took", r.res.Took.Round(time.Microsecond), "waited_for_previous", r.res.Waited.Round(time.Microsecond), "coalesced", r.res.Coalesced)
 			} else {
 				msg := r.err.Error()

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	_ "embed"
 	"encoding/json"
 	"errors"
@@ -8,6 +9,7 @@ import (
 	"net/http"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/batonproxy/baton/backends"
@@ -27,6 +29,8 @@ type adminServer struct {
 	srv  *http.Server
 	ln   net.Listener
 	done chan struct{}
+
+	stopping atomic.Bool // close has closed ln: Serve's accept error is expected
 
 	mu      sync.Mutex
 	open    int           // connections accepted and not closed
@@ -80,7 +84,10 @@ func (i *instance) startAdmin(ln net.Listener) {
 	go func() {
 		defer i.bg.Done()
 		defer close(a.done)
-		if err := a.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		err := a.srv.Serve(ln)
+		// close closes ln itself (see there), so Serve ends with the
+		// accept error of a closed listener, not ErrServerClosed.
+		if err != nil && !errors.Is(err, http.ErrServerClosed) && !(a.stopping.Load() && errors.Is(err, net.ErrClosed)) {
 			i.log.Error("admin listener", "err", err)
 		}
 	}()
@@ -93,6 +100,7 @@ func (i *instance) startAdmin(ln net.Listener) {
 // probe during an upgrade saw EOF).
 func (a *adminServer) close() {
 	a.srv.SetKeepAlivesEnabled(false) // closes idle ones; the rest close after their answer
+	a.stopping.Store(true)
 	_ = a.ln.Close()
 	<-a.done // Serve returned: every accepted connection is counted
 	a.mu.Lock()
@@ -108,20 +116,30 @@ func (a *adminServer) close() {
 	_ = a.srv.Close()
 }
 
+// serveReady answers 200 while baton serves (ready, degraded, holding
+// requests for a backend that restarts) and 503 when no backend can take
+// requests or a final stop has begun; the body's first word is the
+// readiness state, then the reason.
 func (i *instance) serveReady(w http.ResponseWriter, r *http.Request) {
+	st, detail := readiness(i.h.Stopping(), i.set.Status())
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-	if i.h.Stopping() {
+	w.Header().Set("Cache-Control", "no-store")
+	if !servesState(st) {
 		w.WriteHeader(http.StatusServiceUnavailable)
-		_, _ = w.Write([]byte("stopping\n"))
-		return
 	}
-	_, _ = w.Write([]byte("ready\n"))
+	_, _ = w.Write([]byte(st + ": " + detail + "\n"))
 }
 
 func (i *instance) serveMetrics(w http.ResponseWriter, r *http.Request) {
 	live := metrics.Live{
 		Generation: i.h.Generation(), Version: versionString(), GoVersion: runtime.Version(),
 		Started: i.h.Started(), Held: i.px.Stats().Held, Draining: i.h.Draining(),
+		Certificates: certificates(i.cfg),
+	}
+	if p, err := metrics.ReadProcess(); err == nil {
+		live.Process = &p
+	} else {
+		i.log.Debug("process metrics", "err", err)
 	}
 	for _, st := range i.set.Status() {
 		live.Backends = append(live.Backends, metrics.BackendLive{Name: st.Name, State: st.State, InFlight: st.InFlight})
@@ -133,7 +151,10 @@ func (i *instance) serveMetrics(w http.ResponseWriter, r *http.Request) {
 // pageStatus is what the status page shows.
 type pageStatus struct {
 	control.Status
-	Ready        bool                              `json:"ready"`
+	Ready        bool                              `json:"ready"`     // what /readyz says
+	Readiness    string                            `json:"readiness"` // ready, degraded, holding, not-serving, stopping
+	ReadyDetail  string                            `json:"readiness_detail"`
+	Rates        *pageRates                        `json:"rates,omitempty"`         // nil until a second of samples
 	LastRestarts map[string]backends.RestartResult `json:"last_restarts,omitempty"` // run by this process
 	Events       []event                           `json:"events"`
 	AccessLog    string                            `json:"access_log,omitempty"`
@@ -141,7 +162,10 @@ type pageStatus struct {
 }
 
 func (i *instance) serveStatusJSON(w http.ResponseWriter, r *http.Request) {
-	ps := pageStatus{Status: i.status(), Ready: !i.h.Stopping(), Events: i.events.list(), AccessLog: i.cfg.AccessLog, Now: time.Now()}
+	ps := pageStatus{Status: i.status(), Events: i.events.list(), AccessLog: i.cfg.AccessLog, Now: time.Now()}
+	ps.Readiness, ps.ReadyDetail = readiness(i.h.Stopping(), ps.Backends)
+	ps.Ready = servesState(ps.Readiness)
+	ps.Rates = i.rates.over(i.rateSample())
 	i.restartsMu.Lock()
 	if len(i.lastRestarts) > 0 {
 		ps.LastRestarts = make(map[string]backends.RestartResult, len(i.lastRestarts))
@@ -161,4 +185,32 @@ func (i *instance) adminAddr() string {
 		return ""
 	}
 	return i.admin.ln.Addr().String()
+}
+
+// rateSample reads the shared request counters.
+func (i *instance) rateSample() rateSample {
+	req, errs := i.mtab.Load().Totals()
+	return rateSample{t: time.Now(), requests: req, errs: errs}
+}
+
+// runRates samples the request counters every second for the status
+// page's rates, until ctx ends.
+func (i *instance) runRates(ctx context.Context) {
+	if i.admin == nil {
+		return
+	}
+	i.bg.Add(1)
+	go func() {
+		defer i.bg.Done()
+		t := time.NewTicker(time.Second)
+		defer t.Stop()
+		for {
+			i.rates.add(i.rateSample())
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+		}
+	}()
 }

@@ -65,13 +65,14 @@ func scrape(addr string) (map[string]float64, error) {
 	return out, sc.Err()
 }
 
-// isCounter reports whether a series must never go down.
+// isCounter reports whether a series must never go down. process_* are
+// the serving process's own: they start again with each generation.
 func isCounter(series string) bool {
 	name := series
 	if i := strings.IndexByte(series, '{'); i >= 0 {
 		name = series[:i]
 	}
-	return strings.HasSuffix(name, "_total") || strings.HasSuffix(name, "_bucket") ||
+	return !strings.HasPrefix(name, "process_") && strings.HasSuffix(name, "_total") || strings.HasSuffix(name, "_bucket") ||
 		strings.HasSuffix(name, "_count") || strings.HasSuffix(name, "_sum")
 }
 

@@ -4,12 +4,15 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/batonproxy/baton/backends"
 	"github.com/batonproxy/baton/cmd/internal/accesslog"
+	"github.com/batonproxy/baton/cmd/internal/events"
 	"github.com/batonproxy/baton/cmd/internal/metrics"
 	"github.com/batonproxy/baton/handoff"
 	"github.com/batonproxy/baton/internal/shmem"
@@ -27,13 +30,31 @@ type observer struct {
 	log   *accesslog.Log // nil: no access log
 	h     *handoff.Handoff
 	gen   int
+	cuts  *drainCuts
 }
 
 func (o *observer) Observe(e *proxy.Exchange) {
+	// cuts.deadline is set before any server closes a connection at the
+	// deadline (deadlineWatch); the Handoff's flag may come a moment
+	// after.
+	cut := o.cuts.deadline.Load() || o.h.DrainCut()
+	if cut && e.Term == proxy.TermClientAborted {
+		o.cuts.n.Add(1)
+	}
 	o.table.Observe(e)
 	if o.log != nil {
-		o.log.Log(e, accesslog.Extra{Generation: o.gen, Draining: o.h.Draining(), DrainCut: o.h.DrainCut()})
+		o.log.Log(e, accesslog.Extra{Generation: o.gen, Draining: o.h.Draining(), DrainCut: cut})
 	}
+}
+
+// drainCuts counts the requests that the drain deadline cut short in this
+// process: those that ended, once it had passed, without the whole
+// response (accesslog's "drained"). Only an observer sees how a request
+// ends; without one (no access log, no admin listener) shutdown goes by
+// the requests in flight at the deadline.
+type drainCuts struct {
+	deadline atomic.Bool  // the drain deadline has passed
+	n        atomic.Int64 // requests cut short since
 }
 
 // openMetrics maps the metrics table inherited from the previous
@@ -107,56 +128,112 @@ func (i *instance) recordUpgrade(res handoff.UpgradeResult, err error) {
 	}
 }
 
-// event is one line of the status page's recent events: what baton logged
-// at info level or above.
-type event struct {
-	Time  time.Time `json:"time"`
-	Level string    `json:"level"`
-	Msg   string    `json:"msg"`
-	Attrs string    `json:"attrs,omitempty"`
-}
+// eventsFile is the name under which the events ring is passed to the
+// next generation.
+const eventsFile = "baton.events"
 
-// eventRing keeps the last events. It is safe for concurrent use.
-type eventRing struct {
-	mu   sync.Mutex
-	buf  []event
-	next int
-	full bool
-}
-
-func newEventRing(n int) *eventRing { return &eventRing{buf: make([]event, n)} }
-
-func (r *eventRing) add(e event) {
-	r.mu.Lock()
-	r.buf[r.next] = e
-	r.next = (r.next + 1) % len(r.buf)
-	if r.next == 0 {
-		r.full = true
+// openEvents maps the events ring inherited from the previous generation,
+// or a new one, and passes it on. An inherited ring that cannot be used
+// (another layout) costs its events, not the start.
+func openEvents(h *handoff.Handoff) (r *events.Ring, lost error, err error) {
+	f, err := h.File(eventsFile)
+	if err != nil {
+		return nil, nil, err
 	}
-	r.mu.Unlock()
+	if f != nil {
+		if r, lost = events.Open(f); lost != nil {
+			r = nil
+		}
+	}
+	if r == nil {
+		if r, err = events.New(); err != nil {
+			return nil, lost, err
+		}
+	}
+	if err := h.AddFile(eventsFile, r.File()); err != nil {
+		r.Close()
+		return nil, lost, err
+	}
+	return r, lost, nil
+}
+
+// eventLog is where log records at info level and above go for the status
+// page: the events ring shared by every generation once start has opened
+// it, a few records kept here before. It is safe for concurrent use.
+type eventLog struct {
+	ring atomic.Pointer[events.Ring]
+	gen  atomic.Int64 // this process's generation, once known
+	pid  int
+
+	mu    sync.Mutex
+	early []events.Event // before attach
+}
+
+func newEventLog() *eventLog { return &eventLog{pid: os.Getpid()} }
+
+func (l *eventLog) add(e events.Event) {
+	e.PID, e.Generation = l.pid, int(l.gen.Load())
+	if r := l.ring.Load(); r != nil {
+		r.Add(e)
+		return
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if r := l.ring.Load(); r != nil {
+		r.Add(e)
+	} else if len(l.early) < events.Size {
+		l.early = append(l.early, e)
+	}
+}
+
+// attach sends the events to r from now on, the early ones first. The
+// ring is never unmapped: a goroutine may log until the process exits.
+func (l *eventLog) attach(r *events.Ring) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, e := range l.early {
+		r.Add(e)
+	}
+	l.early = nil
+	l.ring.Store(r)
 }
 
 // list returns the events, newest first.
-func (r *eventRing) list() []event {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	n := r.next
-	if r.full {
-		n = len(r.buf)
+func (l *eventLog) list() []event {
+	var evs []events.Event
+	if r := l.ring.Load(); r != nil {
+		evs = r.List()
+	} else {
+		l.mu.Lock()
+		for k := len(l.early) - 1; k >= 0; k-- {
+			evs = append(evs, l.early[k])
+		}
+		l.mu.Unlock()
 	}
-	out := make([]event, 0, n)
-	for k := 1; k <= n; k++ {
-		out = append(out, r.buf[(r.next-k+len(r.buf))%len(r.buf)])
+	out := make([]event, len(evs))
+	for k, e := range evs {
+		out[k] = event{Time: e.Time, Level: slog.Level(e.Level).String(), Msg: e.Msg, Attrs: e.Attrs, PID: e.PID, Generation: e.Generation}
 	}
 	return out
 }
 
+// event is one line of the status page's recent events.
+type event struct {
+	Time       time.Time `json:"time"`
+	Level      string    `json:"level"`
+	Msg        string    `json:"msg"`
+	Attrs      string    `json:"attrs,omitempty"`
+	PID        int       `json:"pid"`
+	Generation int       `json:"generation"` // of the process that logged it; 0: before it knew
+}
+
 // teeHandler passes records on to h and copies those at info level and
-// above into ring, for the status page. Logging is off the hot path
-// (errors are logged once per burst), so the copy costs nothing there.
+// above into the event log, for the status page. Logging is off the hot
+// path (errors are logged once per burst), so the copy costs nothing
+// there.
 type teeHandler struct {
 	h    slog.Handler
-	ring *eventRing
+	evts *eventLog
 }
 
 func (t teeHandler) Enabled(ctx context.Context, l slog.Level) bool {
@@ -171,9 +248,9 @@ func (t teeHandler) Handle(ctx context.Context, r slog.Record) error {
 				sb.WriteByte(' ')
 			}
 			fmt.Fprintf(&sb, "%s=%v", a.Key, a.Value)
-			return sb.Len() < 400
+			return sb.Len() < events.MaxAttrs
 		})
-		t.ring.add(event{Time: r.Time, Level: r.Level.String(), Msg: r.Message, Attrs: sb.String()})
+		t.evts.add(events.Event{Time: r.Time, Level: int(r.Level), Msg: r.Message, Attrs: sb.String()})
 	}
 	if t.h.Enabled(ctx, r.Level) {
 		return t.h.Handle(ctx, r)
@@ -182,9 +259,9 @@ func (t teeHandler) Handle(ctx context.Context, r slog.Record) error {
 }
 
 func (t teeHandler) WithAttrs(as []slog.Attr) slog.Handler {
-	return teeHandler{h: t.h.WithAttrs(as), ring: t.ring}
+	return teeHandler{h: t.h.WithAttrs(as), evts: t.evts}
 }
 
 func (t teeHandler) WithGroup(name string) slog.Handler {
-	return teeHandler{h: t.h.WithGroup(name), ring: t.ring}
+	return teeHandler{h: t.h.WithGroup(name), evts: t.evts}
 }

@@ -35,16 +35,16 @@ import (
 // the next generation.
 const stateFile = "baton.backends"
 
-func newLogger(w io.Writer, level slog.Level, format string, events *eventRing) *slog.Logger {
+func newLogger(w io.Writer, level slog.Level, format string, evts *eventLog) *slog.Logger {
 	opts := &slog.HandlerOptions{Level: level}
 	var h slog.Handler = slog.NewTextHandler(w, opts)
 	if format == "json" {
 		h = slog.NewJSONHandler(w, opts)
 	}
-	if events != nil {
-		h = teeHandler{h: h, ring: events}
+	if evts != nil {
+		h = teeHandler{h: h, evts: evts}
 	}
-	return slog.New(h).With("pid", os.Getpid())
+	return slog.New(newUniqueKeys(h)).With("pid", os.Getpid())
 }
 
 // server is one listener's data plane: a handoff.Server (net/http) or an
@@ -71,10 +71,14 @@ type instance struct {
 	mtab   atomic.Pointer[metrics.Table] // shared counters; set in start
 	alog   *accesslog.Log                // nil: no access log
 	admin  *adminServer                  // nil: no admin listener
-	events *eventRing
+	events *eventLog
 
 	restartsMu   sync.Mutex
 	lastRestarts map[string]backends.RestartResult // run by this process
+
+	rates rates // for the status page
+
+	cuts drainCuts // requests the drain deadline cut short (observer)
 
 	restartAll atomic.Bool
 	bg         sync.WaitGroup // serve loops, health checks, signal handling
@@ -123,7 +127,7 @@ func cmdRun(args []string, stderr io.Writer) int {
 		}
 		runtime.GOMAXPROCS(n)
 	}
-	inst := &instance{cfg: cfg, events: newEventRing(64)}
+	inst := &instance{cfg: cfg, events: newEventLog()}
 	log := newLogger(stderr, level, format, inst.events)
 	hopts.Logger = log
 	hopts.OnUpgrade = inst.recordUpgrade
@@ -133,6 +137,7 @@ func cmdRun(args []string, stderr io.Writer) int {
 		return 1
 	}
 	defer h.Close()
+	inst.events.gen.Store(int64(h.Generation()))
 	log = log.With("generation", h.Generation())
 	if cfgErr != nil {
 		h.Fail(cfgErr)
@@ -205,6 +210,14 @@ func (i *instance) start() error {
 	}
 	mt.Join(h.Generation(), h.Started())
 	i.mtab.Store(mt)
+	evr, lost, err := openEvents(h)
+	if err != nil {
+		return err
+	}
+	i.events.attach(evr)
+	if lost != nil {
+		i.log.Warn("the recent events of the previous generation are lost", "err", lost)
+	}
 	if cfg.AccessLog != "" {
 		i.alog, err = accesslog.Open(accesslog.Options{
 			Path: cfg.AccessLog, Format: cfg.AccessFormat,
@@ -217,7 +230,7 @@ func (i *instance) start() error {
 	pcfg := cfg.Proxy
 	pcfg.Logger = i.log
 	if i.alog != nil || cfg.Admin.Listen != "" {
-		pcfg.Observer = &observer{table: mt, log: i.alog, h: h, gen: h.Generation()}
+		pcfg.Observer = &observer{table: mt, log: i.alog, h: h, gen: h.Generation(), cuts: &i.cuts}
 	}
 	i.px = proxy.New(i.set, pcfg)
 	if cfg.Admin.Listen != "" {
@@ -286,10 +299,12 @@ func (i *instance) newServer(tc *tls.Config, errLog *log.Logger) server {
 		Logger:            i.log,
 		TLSConfig:         tc,
 	}
+	// Both planes hand handoff.Server TLS connections whose handshake
+	// has begun (handshakeListener) or is done (the epoll TLS front).
+	hs.TLSTerminated = tc != nil
 	if cfg.Engine != config.EngineEpoll {
 		return hs
 	}
-	hs.TLSTerminated = tc != nil
 	return &epoll.Server{
 		Handler:           i.px,
 		Loops:             cfg.Threads,
@@ -301,6 +316,7 @@ func (i *instance) newServer(tc *tls.Config, errLog *log.Logger) server {
 		Logger:            i.log,
 		TLSConfig:         tc,
 		Fallback:          hs,
+		OnHandshake:       i.observeHandshake,
 	}
 }
 
@@ -337,6 +353,7 @@ func (i *instance) warnBackends() {
 // runBackground starts health checks and signal handling until ctx ends.
 func (i *instance) runBackground(ctx context.Context) {
 	i.runTickets(ctx)
+	i.runRates(ctx)
 	i.bg.Add(2)
 	go func() {
 		defer i.bg.Done()
@@ -403,17 +420,56 @@ func (i *instance) shutdown() int {
 	if i.ctl != nil {
 		drainers = append(drainers, i.ctl)
 	}
+	// At the drain deadline, before the servers close what is left: note
+	// it (so that the observer counts the requests cut from then on) and
+	// how many requests are in flight.
+	var once sync.Once
+	var inFlight atomic.Int64
+	inFlight.Store(-1)
+	at := func() {
+		i.cuts.deadline.Store(true)
+		inFlight.Store(i.inFlight())
+	}
+	for k, d := range drainers {
+		drainers[k] = deadlineWatch{Drainer: d, once: &once, at: at}
+	}
 	t := time.Now()
 	stopWatch := i.watchStops()
 	err := i.h.Shutdown(drainers...)
 	stopWatch()
+	if inFlight.Load() > 0 {
+		// The net/http plane's handlers see their connection closed
+		// after Drain returns: let them end their requests (observed,
+		// and in the access log) before counting.
+		i.settleRequests(2 * time.Second)
+	}
+	var errs []error
 	var me *multierror.Error
 	if errors.As(err, &me) {
-		for _, e := range me.Errors {
-			i.log.Warn("drain", "err", e)
-		}
+		errs = me.Errors
 	} else if err != nil {
-		i.log.Warn("drain", "err", err)
+		errs = []error{err}
+	}
+	for _, e := range errs {
+		if !onlyDeadline(e) {
+			i.log.Warn("drain", "err", e)
+			continue
+		}
+		switch cut, n := i.cuts.n.Load(), inFlight.Load(); {
+		case i.px.Observing() && cut > 0:
+			i.log.Warn("drain", "err", e, "requests_cut", cut)
+		case !i.px.Observing() && n > 0:
+			// How they ended is not known: each may have been a stream
+			// that ended by itself before long_drain_timeout.
+			i.log.Warn("drain", "err", e, "requests_in_flight_at_deadline", n)
+		default:
+			// Issue 16: an upgrade keeps idle keep-alive connections
+			// until the deadline by design (closing one races with a
+			// request the client may be sending), and a long-lived
+			// response that ended by itself before long_drain_timeout
+			// was not cut: that is no warning.
+			i.log.Info("drain deadline: closed connections with no request in flight", "err", e)
+		}
 	}
 	i.log.Info("connections drained", "took", time.Since(t).Round(time.Millisecond))
 	if err := i.set.WaitRestarts(context.Background()); err != nil {
@@ -441,4 +497,67 @@ func (i *instance) connections() int {
 		n += s.Connections()
 	}
 	return n
+}
+
+// inFlight is the number of requests in flight in this process: at a
+// backend or held for one.
+func (i *instance) inFlight() int64 {
+	n := i.px.Stats().Held
+	for _, st := range i.set.Status() {
+		n += st.InFlightHere
+	}
+	return n
+}
+
+// settleRequests waits, at most d, until no request is in flight in this
+// process.
+func (i *instance) settleRequests(d time.Duration) {
+	deadline := time.Now().Add(d)
+	for i.inFlight() > 0 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// deadlineWatch is a handoff.Drainer that, when the drain deadline
+// comes, calls at (once for all the drainers sharing once) before d
+// closes what is left.
+type deadlineWatch struct {
+	handoff.Drainer
+	once *sync.Once
+	at   func()
+}
+
+func (w deadlineWatch) Drain(ctx context.Context) error {
+	inner, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancel()
+	stop := context.AfterFunc(ctx, func() {
+		w.once.Do(w.at)
+		cancel()
+	})
+	defer stop()
+	return w.Drainer.Drain(inner)
+}
+
+// CloseIdle passes a final stop's CloseIdle on (handoff.Shutdown looks
+// for it).
+func (w deadlineWatch) CloseIdle() {
+	if c, ok := w.Drainer.(interface{ CloseIdle() }); ok {
+		c.CloseIdle()
+	}
+}
+
+// onlyDeadline reports whether err is only drain deadline errors (of
+// either plane): connections closed at the deadline.
+func onlyDeadline(err error) bool {
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		for _, e := range j.Unwrap() {
+			if e != nil && !onlyDeadline(e) {
+				return false
+			}
+		}
+		return true
+	}
+	var hd *handoff.DeadlineError
+	var ed *epoll.DeadlineError
+	return errors.As(err, &hd) || errors.As(err, &ed)
 }

@@ -51,7 +51,9 @@ func (i *instance) startTLS(errLog *log.Logger) error {
 			}
 			tc := t.ServerConfig()
 			i.tickets.Apply(tc)
-			// The epoll plane's TLS front accepts on ln itself.
+			// The epoll plane's TLS front accepts on ln itself; on the
+			// net/http plane tlsListener begins each handshake.
+			ln = &tlsListener{Listener: ln, cfg: tc, handshake: i.cfg.Engine != config.EngineEpoll, observe: i.observeHandshake, wg: &i.bg}
 			i.serve(i.newServer(tc, errLog), handoff.KeepAccepting(ln, i.log, ln.Addr().String()))
 		}
 	}

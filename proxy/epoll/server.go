@@ -63,6 +63,10 @@ type Server struct {
 	TLSConfig *tls.Config
 	// Fallback serves what the loops do not; nil: plain net/http.
 	Fallback Fallback
+	// OnHandshake, if set, is told the result of each TLS handshake on a
+	// connection the listener gave (resumed: with a session ticket); it
+	// is called on the handshake's goroutine and must not block.
+	OnHandshake func(c net.Conn, resumed bool, err error)
 
 	draining  atomic.Bool
 	closeIdle atomic.Bool

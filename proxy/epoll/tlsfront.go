@@ -126,6 +126,9 @@ func (f *tlsFront) handshake(nc net.Conn) {
 	tc := tls.Server(hc, f.cfg)
 	_ = nc.SetDeadline(time.Now().Add(s.ReadHeaderTimeout))
 	err := tc.HandshakeContext(context.Background())
+	if s.OnHandshake != nil {
+		s.OnHandshake(nc, err == nil && tc.ConnectionState().DidResume, err)
+	}
 	f.mu.Lock()
 	delete(f.hs, nc)
 	closed := f.closed

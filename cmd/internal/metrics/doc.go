@@ -17,6 +17,15 @@
 // the rules). A slot dropped as unreadable loses its counters: the
 // backend's start again from zero, which Prometheus reads as a reset.
 //
+// The TLS handshake counters (done, full or resumed; failed, by a small
+// fixed set of reasons: TLSReason, TLSAlertReason) are in the Table too (appended after the backend slots; OpenTable takes them as
+// counters that need no repair),
+// so both data planes and every generation add into them. The process_*
+// metrics (ReadProcess, from /proc/self, getrusage and getrlimit) are the
+// serving process's, the one that answers the scrape, as Prometheus's own
+// process collector reports them: they start again with each generation,
+// which rate() takes as a process restart.
+//
 // Write renders the Table, plus gauges the caller samples, in the
 // Prometheus text exposition format. It is written by hand: no Prometheus
 // client library can keep its counters in memory shared between processes,

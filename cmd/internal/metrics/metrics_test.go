@@ -97,6 +97,11 @@ func TestSharedAcrossGenerations(t *testing.T) {
 		)
 	}
 	has(t, scrape(t, next), `baton_requests_total{backend="web3",code="5xx"} 1`)
+	for _, tb := range []*Table{old, next} {
+		if req, errs := tb.Totals(); req != 4 || errs != 2 {
+			t.Errorf("Totals: got %d requests, %d errors; want 4, 2 (web3's included where it is not registered)", req, errs)
+		}
+	}
 }
 
 func TestObserveAllocs(t *testing.T) {

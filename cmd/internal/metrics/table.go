@@ -121,6 +121,10 @@ type global struct {
 	retries        [8]uint64
 	terms          [32]uint64 // requests by proxy.Termination
 	gens           [maxGens]genSlot
+
+	// Appended: TLS handshakes on both planes.
+	tlsHandshakes [2]uint64  // full, resumed
+	tlsFailures   [16]uint64 // by TLS failure reason
 }
 
 // slot is one backend's section.
@@ -140,7 +144,7 @@ func init() {
 	if unsafe.Sizeof(global{}) > globalSize || unsafe.Sizeof(slot{}) > slotSize {
 		panic("metrics: table layout does not fit")
 	}
-	if len(Bounds)+1 > nBuckets || int(proxy.TermUpgraded) >= len(global{}.terms) {
+	if len(Bounds)+1 > nBuckets || int(proxy.TermUpgraded) >= len(global{}.terms) || nTLSReasons > len(global{}.tlsFailures) {
 		panic("metrics: too many buckets or terminations")
 	}
 }
@@ -295,6 +299,23 @@ func (t *Table) Observe(e *proxy.Exchange) {
 	if int(e.Term) < len(t.g.terms) {
 		atomic.AddUint64(&t.g.terms[e.Term], 1)
 	}
+}
+
+// Totals is the number of requests proxied by every generation so far
+// and, of those, how many were answered 5xx (by a backend or by baton),
+// to any backend any generation registered.
+func (t *Table) Totals() (requests, errors uint64) {
+	for i := 0; i < maxSlots; i++ {
+		s := t.slotAt(i)
+		if atomic.LoadUint64(&s.claim) != 2 {
+			continue
+		}
+		for c := range s.requests {
+			requests += load(&s.requests[c])
+		}
+		errors += load(&s.requests[5])
+	}
+	return requests, errors
 }
 
 // Step is one timed step of a backend restart, as metrics sees it.

@@ -20,6 +20,18 @@ type Live struct {
 	Held       int64 // requests waiting for a backend in this process
 	Draining   bool  // this process is stopping
 	Backends   []BackendLive
+	// Process is the serving process's process_* metrics; nil leaves
+	// them out.
+	Process *Process
+	// Certificates are the certificates the serving process serves.
+	Certificates []CertLive
+}
+
+// CertLive is one served certificate.
+type CertLive struct {
+	File     string // the cert_file it was read from
+	Subject  string // its subject's common name (or first DNS name)
+	NotAfter time.Time
 }
 
 // BackendLive is one backend's present state.
@@ -134,6 +146,36 @@ func (t *Table) Write(w io.Writer, live Live) error {
 	p.float("baton_process_start_time_seconds", float64(live.Started.UnixNano())/1e9)
 	p.help("baton_build_info", "gauge", "Always 1; the labels say which baton runs.")
 	p.sample("baton_build_info", 1, "version", live.Version, "goversion", live.GoVersion)
+
+	p.help("baton_tls_handshakes_total", "counter", "TLS handshakes done, full or resumed (session tickets), both planes, all generations.")
+	p.sample("baton_tls_handshakes_total", load(&t.g.tlsHandshakes[0]), "type", "full")
+	p.sample("baton_tls_handshakes_total", load(&t.g.tlsHandshakes[1]), "type", "resumed")
+	p.help("baton_tls_handshake_failures_total", "counter", "TLS handshakes that failed, by reason, all generations.")
+	for i, r := range TLSReasonNames {
+		p.sample("baton_tls_handshake_failures_total", load(&t.g.tlsFailures[i]), "reason", r)
+	}
+	if len(live.Certificates) > 0 {
+		p.help("baton_tls_certificate_expiry_seconds", "gauge", "Seconds until the certificate's NotAfter (negative once expired), per certificate served.")
+		now := time.Now()
+		for _, c := range live.Certificates {
+			p.float("baton_tls_certificate_expiry_seconds", c.NotAfter.Sub(now).Seconds(), "cert_file", c.File, "subject", c.Subject)
+		}
+	}
+
+	if pr := live.Process; pr != nil {
+		p.help("process_cpu_seconds_total", "counter", "Total user and system CPU time spent in seconds (serving process).")
+		p.float("process_cpu_seconds_total", pr.CPUSeconds)
+		p.help("process_resident_memory_bytes", "gauge", "Resident memory size in bytes (serving process).")
+		p.sample("process_resident_memory_bytes", pr.RSS)
+		p.help("process_virtual_memory_bytes", "gauge", "Virtual memory size in bytes (serving process).")
+		p.sample("process_virtual_memory_bytes", pr.VMS)
+		p.help("process_open_fds", "gauge", "Number of open file descriptors (serving process).")
+		p.sample("process_open_fds", pr.OpenFDs)
+		p.help("process_max_fds", "gauge", "Maximum number of open file descriptors (serving process).")
+		p.sample("process_max_fds", pr.MaxFDs)
+		p.help("process_start_time_seconds", "gauge", "Start time of the process since unix epoch in seconds (serving process).")
+		p.float("process_start_time_seconds", float64(pr.Start.UnixNano())/1e9)
+	}
 
 	p.help("baton_access_log_lines_total", "counter", "Access log lines written.")
 	p.sample("baton_access_log_lines_total", load(&t.g.logLines))
